@@ -1,0 +1,184 @@
+//! BPTT batching in the style of PyTorch's `word_language_model`.
+use tch::{Device, Kind, Tensor};
+
+use crate::DataError;
+
+/// One window of a batched token stream.
+#[derive(Debug)]
+pub struct BpttBatch {
+    /// Input ids, int64 `[batch_size, len]` with `len <= seq_len`.
+    pub inputs: Tensor,
+    /// Target ids (the inputs shifted by one token), int64 `[batch_size, len]`.
+    pub targets: Tensor,
+    /// Position of this window in the epoch, from 0.
+    pub index: usize,
+}
+
+/// A token stream cut into `batch_size` contiguous columns and read in BPTT windows.
+///
+/// Row `b` of the `[batch_size, n]` matrix holds tokens `b*n .. (b+1)*n` of the stream (the tail
+/// that does not fill a row is dropped); window `i` covers columns `i*seq_len ..` and its targets
+/// are the next tokens. A recurrent model carries its hidden state from one window to the next,
+/// detached (truncated BPTT).
+#[derive(Debug)]
+pub struct BpttBatches {
+    data: Tensor,
+    seq_len: i64,
+    windows: usize,
+}
+
+impl BpttBatches {
+    /// Batches `ids` (int64, 1-D) on `device`.
+    ///
+    /// With `drop_last` only full windows of `seq_len` tokens are produced (training, as the
+    /// reference does); otherwise the last, shorter window is kept (evaluation).
+    ///
+    /// # Errors
+    /// [`DataError::SplitTooSmall`] when the stream cannot fill one window, naming `split`.
+    pub fn new(
+        ids: &Tensor,
+        batch_size: usize,
+        seq_len: usize,
+        drop_last: bool,
+        split: &str,
+        device: Device,
+    ) -> Result<Self, DataError> {
+        if batch_size == 0 || seq_len == 0 {
+            return Err(DataError::InvalidConfig {
+                key: if batch_size == 0 {
+                    "batch_size"
+                } else {
+                    "seq_len"
+                },
+                value: "0".into(),
+                expected: "a positive integer".into(),
+            });
+        }
+        let tokens = ids.size1()? as usize;
+        let columns = tokens / batch_size;
+        let needed_columns = if drop_last { seq_len + 1 } else { 2 };
+        if columns < needed_columns {
+            return Err(DataError::SplitTooSmall {
+                split: split.to_string(),
+                tokens,
+                needed: batch_size * needed_columns,
+                batch_size,
+                seq_len,
+            });
+        }
+        let data = ids
+            .f_narrow(0, 0, (columns * batch_size) as i64)?
+            .f_view([batch_size as i64, columns as i64])?
+            .f_to_device(device)?;
+        let steps = columns - 1;
+        let windows = if drop_last {
+            steps / seq_len
+        } else {
+            steps.div_ceil(seq_len)
+        };
+        Ok(Self {
+            data,
+            seq_len: seq_len as i64,
+            windows,
+        })
+    }
+
+    /// Number of windows in one pass.
+    pub fn len(&self) -> usize {
+        self.windows
+    }
+
+    /// True when there is no window (never, once constructed).
+    pub fn is_empty(&self) -> bool {
+        self.windows == 0
+    }
+
+    /// The batch size (rows).
+    pub fn batch_size(&self) -> i64 {
+        self.data.size()[0]
+    }
+
+    /// Target tokens in one pass: the tokens a model is scored on.
+    pub fn tokens_per_pass(&self) -> usize {
+        (0..self.windows)
+            .map(|i| self.window_len(i) as usize)
+            .sum::<usize>()
+            * self.batch_size() as usize
+    }
+
+    fn window_len(&self, index: usize) -> i64 {
+        let start = index as i64 * self.seq_len;
+        let steps = self.data.size()[1] - 1;
+        self.seq_len.min(steps - start)
+    }
+
+    /// Window `index` (`0 <= index < len()`); `None` past the end.
+    pub fn get(&self, index: usize) -> Option<BpttBatch> {
+        if index >= self.windows {
+            return None;
+        }
+        let start = index as i64 * self.seq_len;
+        let len = self.window_len(index);
+        Some(BpttBatch {
+            inputs: self.data.narrow(1, start, len),
+            targets: self.data.narrow(1, start + 1, len),
+            index,
+        })
+    }
+
+    /// The windows in order, starting at window `from` (for resuming mid-epoch).
+    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = BpttBatch> + '_ {
+        (from..self.windows).filter_map(move |i| self.get(i))
+    }
+
+    /// The windows in order.
+    pub fn iter(&self) -> impl Iterator<Item = BpttBatch> + '_ {
+        self.iter_from(0)
+    }
+}
+
+/// Converts token ids to an int64 tensor.
+pub fn ids_to_tensor(ids: &[i64]) -> Tensor {
+    Tensor::from_slice(ids).to_kind(Kind::Int64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_contiguous_and_targets_shifted() {
+        let ids = Tensor::arange(20, (Kind::Int64, Device::Cpu));
+        let b = BpttBatches::new(&ids, 2, 3, true, "train", Device::Cpu).unwrap();
+        // 10 columns: 9 steps -> 3 full windows of 3.
+        assert_eq!(b.len(), 3);
+        let w = b.get(1).unwrap();
+        assert_eq!(
+            Vec::<i64>::try_from(w.inputs.flatten(0, -1)).unwrap(),
+            [3, 4, 5, 13, 14, 15]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(w.targets.flatten(0, -1)).unwrap(),
+            [4, 5, 6, 14, 15, 16]
+        );
+    }
+
+    #[test]
+    fn eval_keeps_the_short_last_window() {
+        let ids = Tensor::arange(22, (Kind::Int64, Device::Cpu));
+        let b = BpttBatches::new(&ids, 2, 3, false, "valid", Device::Cpu).unwrap();
+        // 11 columns: 10 steps -> windows of 3, 3, 3, 1.
+        assert_eq!(b.len(), 4);
+        assert_eq!(b.get(3).unwrap().inputs.size(), [2, 1]);
+        assert_eq!(b.tokens_per_pass(), 20);
+    }
+
+    #[test]
+    fn too_small_split_names_tokens_and_need() {
+        let ids = Tensor::arange(10, (Kind::Int64, Device::Cpu));
+        let err = BpttBatches::new(&ids, 4, 35, true, "valid", Device::Cpu).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("valid split has 10 tokens"), "{msg}");
+        assert!(msg.contains("at least 144"), "{msg}");
+    }
+}

@@ -1,0 +1,121 @@
+//! Word-level and character-level tokenizers.
+use regex::Regex;
+
+/// Splits text into tokens.
+///
+/// Implementations must be deterministic: the same text always gives the same tokens.
+pub trait Tokenizer: Send + Sync {
+    /// Appends the tokens of `text` (a whole corpus or split) to `out`.
+    fn tokenize_into(&self, text: &str, out: &mut Vec<String>);
+
+    /// The tokens of `text`.
+    fn tokenize(&self, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        self.tokenize_into(text, &mut out);
+        out
+    }
+
+    /// Joins tokens back into text (for generation and per-token reports).
+    fn detokenize(&self, tokens: &[&str]) -> String;
+}
+
+/// Word-level tokenizer: words with their contractions (`\w+('\w+)?`) and single punctuation
+/// marks, with an end-of-sentence token appended at the end of every line.
+///
+/// This is the tokenization of PyTorch's `word_language_model` data with the token pattern of the
+/// reference script (`\w+(?:'\w+)?|[^\w\s]`), so perplexities are comparable token for token.
+#[derive(Debug, Clone)]
+pub struct WordTokenizer {
+    pattern: Regex,
+    eos: String,
+}
+
+impl WordTokenizer {
+    /// The end-of-line token appended to every line.
+    pub const EOS: &'static str = "<eos>";
+
+    /// A tokenizer that appends `<eos>` at each line end.
+    pub fn new() -> Self {
+        Self {
+            // The pattern is a literal: it always compiles.
+            pattern: Regex::new(r"\w+(?:'\w+)?|[^\w\s]").expect("valid token pattern"),
+            eos: Self::EOS.to_string(),
+        }
+    }
+}
+
+impl Default for WordTokenizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tokenizer for WordTokenizer {
+    fn tokenize_into(&self, text: &str, out: &mut Vec<String>) {
+        // `split('\n')` (not `lines()`): a trailing newline yields a last empty line with its own
+        // <eos>, exactly as Python's `text.split('\n')` in the reference does.
+        for line in text.split('\n') {
+            out.extend(self.pattern.find_iter(line).map(|m| m.as_str().to_string()));
+            out.push(self.eos.clone());
+        }
+    }
+
+    fn detokenize(&self, tokens: &[&str]) -> String {
+        let mut s = String::new();
+        for t in tokens {
+            if *t == self.eos {
+                s.push('\n');
+                continue;
+            }
+            let is_punct = t.chars().all(|c| !c.is_alphanumeric() && c != '_');
+            if !s.is_empty() && !s.ends_with('\n') && !is_punct {
+                s.push(' ');
+            }
+            s.push_str(t);
+        }
+        s
+    }
+}
+
+/// Character-level tokenizer: every Unicode scalar value is a token, newlines included.
+#[derive(Debug, Clone, Default)]
+pub struct CharTokenizer;
+
+impl Tokenizer for CharTokenizer {
+    fn tokenize_into(&self, text: &str, out: &mut Vec<String>) {
+        out.extend(text.chars().map(String::from));
+    }
+
+    fn detokenize(&self, tokens: &[&str]) -> String {
+        tokens.concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_tokenizer_keeps_contractions_and_splits_punctuation() {
+        let t = WordTokenizer::new();
+        let toks = t.tokenize("I'll go, sir!\nNay.");
+        assert_eq!(
+            toks,
+            ["I'll", "go", ",", "sir", "!", "<eos>", "Nay", ".", "<eos>"]
+        );
+    }
+
+    #[test]
+    fn char_tokenizer_keeps_newlines() {
+        assert_eq!(CharTokenizer.tokenize("ab\nc"), ["a", "b", "\n", "c"]);
+    }
+
+    #[test]
+    fn word_detokenize_attaches_punctuation() {
+        let t = WordTokenizer::new();
+        assert_eq!(
+            t.detokenize(&["Hello", ",", "world", "!", "<eos>"]),
+            "Hello, world!\n"
+        );
+    }
+}

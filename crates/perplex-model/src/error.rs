@@ -1,0 +1,31 @@
+//! The errors of `perplex-model`.
+
+/// What can go wrong when building or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A hyperparameter is out of range.
+    #[error("invalid model config: {key} = {value}: expected {expected}")]
+    InvalidConfig {
+        /// The key under `[model]`.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        expected: &'static str,
+    },
+    /// An input tensor has the wrong shape or dtype.
+    #[error("model input `{tensor}` has shape {actual:?} ({kind}), expected {expected}")]
+    BadInput {
+        /// Which tensor.
+        tensor: &'static str,
+        /// Its shape.
+        actual: Vec<i64>,
+        /// Its dtype.
+        kind: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// libtorch refused an operation.
+    #[error("libtorch error in the model: {0}")]
+    Torch(#[from] tch::TchError),
+}

@@ -1,0 +1,32 @@
+//! Language models for perplex.
+//!
+//! A model maps input ids `[batch, seq]` and a recurrent state to final hidden states
+//! `[batch, seq, hidden]` plus its output head (weight `[vocab, hidden]`, optional bias `[vocab]`).
+//! It does not compute logits itself: the loss decides whether to materialise
+//! `[batch, seq, vocab]` logits or to fuse the projection (see `perplex-losses`).
+//!
+//! Models are built from config through the [`ModelConfig`] trait, registered with `typetag`
+//! (`type = "gru"`), so a plugin crate can add one without touching the trainer.
+//!
+//! ```no_run
+//! use perplex_model::{GruLmConfig, ModelConfig};
+//! use tch::{nn, Device, Kind, Tensor};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let model = GruLmConfig::default().build(&vs.root(), 10_001)?;
+//! let input = Tensor::zeros([64, 35], (Kind::Int64, Device::Cpu));
+//! let state = model.initial_state(64, Device::Cpu);
+//! let out = model.forward(&input, &state, true)?;
+//! assert_eq!(out.hidden.size(), [64, 35, 512]);
+//! let logits = out.logits(); // [64, 35, 10001]
+//! # Ok::<(), perplex_model::ModelError>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod gru;
+pub mod model;
+
+pub use error::ModelError;
+pub use gru::{GruLm, GruLmConfig};
+pub use model::{HiddenState, LanguageModel, ModelConfig, ModelOutput, OutputHead};

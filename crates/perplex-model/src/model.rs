@@ -1,0 +1,101 @@
+//! The `LanguageModel` trait and what it returns.
+use std::fmt::Debug;
+
+use tch::{nn, Device, Tensor};
+
+use crate::ModelError;
+
+/// The recurrent state a model carries from one BPTT window to the next (for a GRU, `h` of shape
+/// `[layers, batch, hidden]`). Opaque to the trainer, which only detaches it.
+#[derive(Debug)]
+pub struct HiddenState(pub Vec<Tensor>);
+
+impl HiddenState {
+    /// The same state cut from the autograd graph (truncated BPTT).
+    pub fn detach(&self) -> Self {
+        Self(self.0.iter().map(Tensor::detach).collect())
+    }
+
+    /// A stateless model's state.
+    pub fn none() -> Self {
+        Self(Vec::new())
+    }
+}
+
+/// The output projection of a language model: `logits = hidden @ weight^T + bias`.
+#[derive(Debug)]
+pub struct OutputHead {
+    /// `[vocab, hidden]`, the model's own variable (gradients flow into it).
+    pub weight: Tensor,
+    /// `[vocab]`, if the head has a bias.
+    pub bias: Option<Tensor>,
+}
+
+/// What a forward pass produced.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// Final hidden states, `[batch, seq, hidden]`, in the model's dtype.
+    pub hidden: Tensor,
+    /// The output head that maps `hidden` to vocabulary logits.
+    pub head: OutputHead,
+    /// The state after the last position, to feed to the next window.
+    pub state: HiddenState,
+}
+
+impl ModelOutput {
+    /// Materialises the logits `[batch, seq, vocab]` (`torch.nn.functional.linear`).
+    pub fn logits(&self) -> Tensor {
+        self.hidden
+            .linear(&self.head.weight, self.head.bias.as_ref())
+    }
+}
+
+/// A next-token language model.
+///
+/// Modelled on tch's `RNN` trait: the state is explicit, so the caller decides where to carry it
+/// and where to detach it.
+pub trait LanguageModel: Debug + Send {
+    /// Size of the vocabulary the head predicts over.
+    fn vocab_size(&self) -> i64;
+
+    /// The state for the start of `batch_size` independent streams (zeros for a GRU).
+    fn initial_state(&self, batch_size: i64, device: Device) -> HiddenState;
+
+    /// Runs the model on `input` (int64 ids `[batch, seq]`) from `state`.
+    ///
+    /// `train` enables dropout.
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`] when `input` is not a 2-D int64 tensor, or libtorch errors.
+    fn forward(
+        &self,
+        input: &Tensor,
+        state: &HiddenState,
+        train: bool,
+    ) -> Result<ModelOutput, ModelError>;
+}
+
+/// A model's configuration: the `[model]` section, picked by `type`.
+///
+/// Register a new model in any crate with `#[typetag::serde(name = "my_model")] impl ModelConfig`.
+#[typetag::serde(tag = "type")]
+pub trait ModelConfig: Debug + Send + Sync {
+    /// Creates the model's variables under `path` and returns the model.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`] for an out-of-range hyperparameter.
+    fn build(&self, path: &nn::Path, vocab_size: i64)
+        -> Result<Box<dyn LanguageModel>, ModelError>;
+}
+
+pub(crate) fn check_input(input: &Tensor) -> Result<(), ModelError> {
+    if input.dim() != 2 || input.kind() != tch::Kind::Int64 {
+        return Err(ModelError::BadInput {
+            tensor: "input",
+            actual: input.size(),
+            kind: format!("{:?}", input.kind()),
+            expected: "int64 token ids [batch, seq]".into(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Adam and AdamW.
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::optimizer::{check, restore, zero_grads};
+use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
+
+/// Adam (`type = "adam"`; Kingma & Ba 2015), as `torch.optim.Adam` (single-tensor path):
+/// `g ← g + λθ; m ← β₁m + (1-β₁)g; v ← β₂v + (1-β₂)g²;`
+/// `θ ← θ - (lr / (1-β₁ᵗ)) · m / (sqrt(v) / sqrt(1-β₂ᵗ) + ε)`; with `amsgrad`, `v` in the
+/// denominator is the running maximum of `v`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamConfig {
+    /// Learning rate. Default 1e-3.
+    pub lr: f64,
+    /// (β₁, β₂). Default (0.9, 0.999).
+    pub betas: (f64, f64),
+    /// ε added to the denominator. Default 1e-8.
+    pub eps: f64,
+    /// L2 penalty λ added to the gradient (coupled, as `torch.optim.Adam`). Default 0.
+    pub weight_decay: f64,
+    /// AMSGrad variant (Reddi et al. 2018). Default false.
+    pub amsgrad: bool,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+        }
+    }
+}
+
+impl AdamConfig {
+    pub(crate) fn build_adam(
+        &self,
+        params: NamedParams,
+        decoupled: bool,
+    ) -> Result<Adam, OptimError> {
+        check("lr", self.lr, self.lr >= 0.0, "lr >= 0")?;
+        let (b1, b2) = self.betas;
+        check("betas", b1, (0.0..1.0).contains(&b1), "beta1 in [0, 1)")?;
+        check("betas", b2, (0.0..1.0).contains(&b2), "beta2 in [0, 1)")?;
+        check("eps", self.eps, self.eps >= 0.0, "eps >= 0")?;
+        check(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "weight_decay >= 0",
+        )?;
+        let zeros = || {
+            params
+                .iter()
+                .map(|(_, p)| p.zeros_like())
+                .collect::<Vec<_>>()
+        };
+        Ok(Adam {
+            exp_avg: zeros(),
+            exp_avg_sq: zeros(),
+            max_exp_avg_sq: if self.amsgrad { zeros() } else { Vec::new() },
+            params,
+            config: self.clone(),
+            decoupled,
+            steps: 0,
+        })
+    }
+}
+
+#[typetag::serde(name = "adam")]
+impl OptimizerConfig for AdamConfig {
+    fn build(&self, params: NamedParams) -> Result<Box<dyn Optimizer>, OptimError> {
+        Ok(Box::new(self.build_adam(params, false)?))
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+}
+
+/// The Adam optimiser built by [`AdamConfig`] (or AdamW, with decoupled weight decay).
+#[derive(Debug)]
+pub struct Adam {
+    params: NamedParams,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    max_exp_avg_sq: Vec<Tensor>,
+    config: AdamConfig,
+    decoupled: bool,
+    steps: i64,
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self) -> Result<(), OptimError> {
+        let c = &self.config;
+        let t = (self.steps + 1) as i32;
+        let (b1, b2) = c.betas;
+        let bias1 = 1.0 - b1.powi(t);
+        let bias2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        let step_size = c.lr / bias1;
+        tch::no_grad(|| -> Result<(), OptimError> {
+            for (i, (_, p)) in self.params.iter().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let mut p = p.shallow_clone();
+                let g = if c.weight_decay != 0.0 && !self.decoupled {
+                    g.f_add(&p.f_mul_scalar(c.weight_decay)?)?
+                } else {
+                    g
+                };
+                if c.weight_decay != 0.0 && self.decoupled {
+                    let _ = p.f_mul_scalar_(1.0 - c.lr * c.weight_decay)?;
+                }
+                let m = &mut self.exp_avg[i];
+                let _ = m.f_lerp_(&g, 1.0 - b1)?;
+                let v = &mut self.exp_avg_sq[i];
+                let _ = v.f_mul_scalar_(b2)?;
+                let _ = v.f_addcmul_(&g, &g.f_mul_scalar(1.0 - b2)?)?;
+                let v = if c.amsgrad {
+                    let vmax = &mut self.max_exp_avg_sq[i];
+                    let _ = vmax.f_copy_(&vmax.f_maximum(v)?)?;
+                    vmax.shallow_clone()
+                } else {
+                    v.shallow_clone()
+                };
+                let denom = v.f_sqrt()?.f_div_scalar(bias2_sqrt)?.f_add_scalar(c.eps)?;
+                let _ = p.f_addcdiv_(&m.f_mul_scalar(-step_size)?, &denom)?;
+            }
+            Ok(())
+        })?;
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn zero_grad(&mut self) {
+        zero_grads(&self.params);
+    }
+
+    fn lr(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    fn step_count(&self) -> i64 {
+        self.steps
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, (n, _)) in self.params.iter().enumerate() {
+            out.push((format!("{n}.exp_avg"), self.exp_avg[i].shallow_clone()));
+            out.push((
+                format!("{n}.exp_avg_sq"),
+                self.exp_avg_sq[i].shallow_clone(),
+            ));
+            if let Some(m) = self.max_exp_avg_sq.get(i) {
+                out.push((format!("{n}.max_exp_avg_sq"), m.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    fn load_state(
+        &mut self,
+        state: &[(String, Tensor)],
+        step_count: i64,
+    ) -> Result<(), OptimError> {
+        for (i, (n, _)) in self.params.iter().enumerate() {
+            restore(state, &format!("{n}.exp_avg"), &mut self.exp_avg[i])?;
+            restore(state, &format!("{n}.exp_avg_sq"), &mut self.exp_avg_sq[i])?;
+            if let Some(m) = self.max_exp_avg_sq.get_mut(i) {
+                restore(state, &format!("{n}.max_exp_avg_sq"), m)?;
+            }
+        }
+        self.steps = step_count;
+        Ok(())
+    }
+
+    fn params(&self) -> &NamedParams {
+        &self.params
+    }
+}

@@ -1,0 +1,22 @@
+//! The errors of `perplex-optim`.
+
+/// What can go wrong when building or stepping an optimiser.
+#[derive(Debug, thiserror::Error)]
+pub enum OptimError {
+    /// A hyperparameter is out of range.
+    #[error("invalid optimiser option {option} = {value}: expected {expected}")]
+    InvalidOption {
+        /// The key under `[optim]`.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        expected: &'static str,
+    },
+    /// Saved state does not fit this optimiser.
+    #[error("optimiser state does not fit: {0}")]
+    BadState(String),
+    /// libtorch refused an operation.
+    #[error("libtorch error in the optimiser: {0}")]
+    Torch(#[from] tch::TchError),
+}
