@@ -1,1 +1,286 @@
-fn main() {}
+//! `cargo xtask`: the project's tasks. It installs libtorch (PyPI `torch==2.11.0`, the build the
+//! pinned `tch 0.24.0` expects) into a per-user cache and runs cargo with `LIBTORCH` and
+//! `LD_LIBRARY_PATH` pointing at it, so a new user needs nothing but Rust and Python 3.
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+/// The libtorch version `tch = "=0.24.0"` is built against.
+const TORCH_VERSION: &str = "2.11.0";
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "perplex project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install libtorch (PyPI torch==2.11.0) into the per-user cache, if not there yet, and
+    /// print the environment that points at it. Honours LIBTORCH and LIBTORCH_USE_PYTORCH.
+    Setup,
+    /// Fetch a named corpus (e.g. `tinyshakespeare`) into `data/`.
+    Data {
+        /// Corpus name.
+        name: String,
+    },
+    /// Train: `perplex train` with the seed config unless `--config` is given.
+    Train {
+        /// Run config (TOML).
+        #[arg(long, default_value = "examples/configs/gru-tinyshakespeare.toml")]
+        config: PathBuf,
+        /// Config overrides, e.g. `--set trainer.epochs=1`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Run the whole test suite (release profile, the same build as training).
+    Test {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run an example from `examples/` (e.g. `custom_loop`).
+    Example {
+        /// Example name.
+        name: String,
+        /// Arguments for the example.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks: `train` (perplex vs the PyTorch eager reference, side by side).
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("xtask error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Task::Setup => {
+            let torch = setup()?;
+            println!("libtorch {TORCH_VERSION} is ready.");
+            if let Some(t) = &torch {
+                println!("export LIBTORCH={}", t.libtorch.display());
+                println!(
+                    "export LD_LIBRARY_PATH={}",
+                    t.libtorch.join("lib").display()
+                );
+                println!("# python with torch: {}", t.python.display());
+            }
+            Ok(())
+        }
+        Task::Data { name } => {
+            let torch = setup()?;
+            cargo(&torch, &["build", "--release", "-p", "perplex-cli"])?;
+            run_cmd(Command::new(perplex_bin()).args(["data", &name]), &torch)
+        }
+        Task::Train { config, overrides } => {
+            let torch = setup()?;
+            cargo(&torch, &["build", "--release", "-p", "perplex-cli"])?;
+            let mut cmd = Command::new(perplex_bin());
+            cmd.arg("train").arg("--config").arg(&config);
+            for o in &overrides {
+                cmd.arg("--set").arg(o);
+            }
+            run_cmd(&mut cmd, &torch)
+        }
+        Task::Test { args } => {
+            let torch = setup()?;
+            let mut a: Vec<&str> = vec!["test", "--release", "--workspace"];
+            if !args.is_empty() {
+                a.push("--");
+                a.extend(args.iter().map(String::as_str));
+            }
+            cargo(&torch, &a)
+        }
+        Task::Example { name, args } => {
+            let torch = setup()?;
+            let mut a: Vec<&str> = vec![
+                "run",
+                "--release",
+                "-p",
+                "perplex-examples",
+                "--example",
+                &name,
+            ];
+            if !args.is_empty() {
+                a.push("--");
+                a.extend(args.iter().map(String::as_str));
+            }
+            cargo(&torch, &a)
+        }
+        Task::Bench(args) => {
+            let torch = setup()?;
+            bench::run(args, &torch)
+        }
+    }
+}
+
+/// Where libtorch is and which python has the matching torch.
+#[derive(Debug, Clone)]
+pub struct Torch {
+    /// `site-packages/torch` (has `lib/` and `include/`).
+    pub libtorch: PathBuf,
+    /// A python whose `import torch` is this libtorch's torch (for the PyTorch reference).
+    pub python: PathBuf,
+}
+
+fn cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("PERPLEX_CACHE_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let base = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(base.join("perplex"))
+}
+
+/// Installs torch==2.11.0 into `$XDG_CACHE_HOME/perplex/torch-2.11.0` (a virtual environment)
+/// unless it is there already; idempotent. `None` when the user manages libtorch through
+/// `LIBTORCH_USE_PYTORCH` (torch-sys asks python itself).
+fn setup() -> Result<Option<Torch>> {
+    if let Some(l) = std::env::var_os("LIBTORCH") {
+        let libtorch = PathBuf::from(l);
+        if !libtorch.join("lib").exists() {
+            bail!(
+                "LIBTORCH={} has no lib/ directory: point it at libtorch or site-packages/torch",
+                libtorch.display()
+            );
+        }
+        let python = std::env::var_os("PERPLEX_TORCH_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        eprintln!("xtask: using LIBTORCH={}", libtorch.display());
+        return Ok(Some(Torch { libtorch, python }));
+    }
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        eprintln!(
+            "xtask: LIBTORCH_USE_PYTORCH is set: torch-sys will use the active python's torch"
+        );
+        return Ok(None);
+    }
+    let venv = cache_dir()?.join(format!("torch-{TORCH_VERSION}"));
+    let python = venv.join("bin").join("python");
+    let marker = venv.join(".perplex-installed");
+    if !marker.exists() {
+        eprintln!(
+            "xtask: installing torch=={TORCH_VERSION} (libtorch) into {} ...",
+            venv.display()
+        );
+        let py3 = which("python3").context(
+            "python3 was not found on PATH: install Python 3.9+ with pip and venv \
+             (Debian/Ubuntu: apt-get install python3 python3-venv python3-pip), or set LIBTORCH",
+        )?;
+        if !python.exists() {
+            let st = Command::new(&py3)
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .context("running python3 -m venv")?;
+            if !st.success() {
+                bail!("`python3 -m venv {}` failed: install the venv module (Debian/Ubuntu: apt-get install python3-venv)", venv.display());
+            }
+        }
+        let st = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--progress-bar",
+                "off",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("torch=={TORCH_VERSION}"))
+            .status()
+            .context("running pip")?;
+        if !st.success() {
+            bail!("`pip install torch=={TORCH_VERSION}` failed (see pip's message above)");
+        }
+        std::fs::write(&marker, TORCH_VERSION).context("writing the install marker")?;
+    }
+    let libtorch = site_packages_torch(&venv)?;
+    Ok(Some(Torch { libtorch, python }))
+}
+
+fn site_packages_torch(venv: &Path) -> Result<PathBuf> {
+    let lib = venv.join("lib");
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let p = entry?.path().join("site-packages").join("torch");
+        if p.join("lib").join("libtorch_cpu.so").exists() {
+            return Ok(p);
+        }
+    }
+    bail!("no site-packages/torch with lib/libtorch_cpu.so under {}: delete {} and run `cargo xtask setup` again", lib.display(), venv.display())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Sets LIBTORCH, LD_LIBRARY_PATH, PERPLEX_TORCH_PYTHON and a default data mirror.
+fn apply_env(cmd: &mut Command, torch: &Option<Torch>) {
+    if let Some(t) = torch {
+        cmd.env("LIBTORCH", &t.libtorch);
+        let mut ld = OsString::from(t.libtorch.join("lib"));
+        if let Some(prev) = std::env::var_os("LD_LIBRARY_PATH") {
+            ld.push(":");
+            ld.push(prev);
+        }
+        cmd.env("LD_LIBRARY_PATH", ld);
+        cmd.env("PERPLEX_TORCH_PYTHON", &t.python);
+    }
+    if std::env::var_os("PERPLEX_DATA_MIRROR").is_none() {
+        let shared = workspace_root().join("../shared/data");
+        if shared.exists() {
+            cmd.env("PERPLEX_DATA_MIRROR", shared);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn perplex_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("release").join("perplex")
+}
+
+fn cargo(torch: &Option<Torch>, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root());
+    run_cmd(&mut cmd, torch)
+}
+
+fn run_cmd(cmd: &mut Command, torch: &Option<Torch>) -> Result<()> {
+    apply_env(cmd, torch);
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}

@@ -126,10 +126,10 @@ impl DataConfig {
                 "both `train` and `valid` files, or neither",
             );
         }
-        if self.train.is_some() && self.path.is_some() {
+        if let (Some(_), Some(path)) = (&self.train, &self.path) {
             return bad(
                 "path",
-                self.path.as_ref().unwrap().display().to_string(),
+                path.display().to_string(),
                 "either `path` or `train`/`valid` files, not both",
             );
         }

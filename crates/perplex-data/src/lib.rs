@@ -22,6 +22,7 @@ pub mod batch;
 pub mod corpus;
 pub mod error;
 pub mod fetch;
+pub mod source;
 pub mod tokenizer;
 pub mod vocab;
 
@@ -29,5 +30,6 @@ pub use batch::{BpttBatch, BpttBatches};
 pub use corpus::{DataConfig, LmData, TokenizerKind};
 pub use error::DataError;
 pub use fetch::{fetch_corpus, KnownCorpus, TINY_SHAKESPEARE};
+pub use source::DataSource;
 pub use tokenizer::{CharTokenizer, Tokenizer, WordTokenizer};
 pub use vocab::Vocabulary;

@@ -123,3 +123,47 @@ pub(crate) fn check_probability(
     }
     Ok(())
 }
+
+/// Rows of `logits [N, C]` at ignored positions (`mask [N]` false) replaced by zeros, so that
+/// whatever they hold (`-inf` padding rows, huge values) cannot turn into NaN values or gradients
+/// of a loss that multiplies them by zero afterwards. Gradients of the kept rows pass unchanged;
+/// the ignored rows receive exactly zero.
+pub(crate) fn zero_ignored_rows(logits: &Tensor, mask: &Tensor) -> Result<Tensor, LossError> {
+    let zeros = logits.f_zeros_like()?;
+    Ok(logits.f_where_self(&mask.f_unsqueeze(1)?, &zeros)?)
+}
+
+/// The smallest `1 - p` that `-log(1 - p)` sees in the unlikelihood-style losses: the penalty is
+/// at most `-log(1e-5) ≈ 11.5` per token and its gradient is cut above `p = 1 - 1e-5` (as in
+/// Welleck et al.'s reference implementation, `clamp(1 - p, min=1e-5)`).
+pub(crate) const ONE_MINUS_P_FLOOR: f64 = 1e-5;
+
+/// `-log(max(1 - p, ONE_MINUS_P_FLOOR))`, accurate for small `p` (`log1p`).
+pub(crate) fn neg_log_one_minus(p: &Tensor) -> Result<Tensor, LossError> {
+    Ok(p.f_clamp_max(1.0 - ONE_MINUS_P_FLOOR)?
+        .f_neg()?
+        .f_log1p()?
+        .f_neg()?)
+}
+
+/// Checks that a coefficient option is finite (and non-negative when `non_negative`).
+pub(crate) fn check_finite(
+    loss: &'static str,
+    option: &'static str,
+    v: f64,
+    non_negative: bool,
+) -> Result<(), LossError> {
+    if !v.is_finite() || (non_negative && v < 0.0) {
+        return Err(LossError::InvalidOption {
+            loss,
+            option,
+            value: v.to_string(),
+            expected: if non_negative {
+                "a finite value >= 0"
+            } else {
+                "a finite value"
+            },
+        });
+    }
+    Ok(())
+}

@@ -6,6 +6,25 @@
 //! hidden states and output head, logits computed lazily) and returns a [`LossOutput`]: the loss,
 //! the number of tokens it normalised by, and named metrics.
 //!
+//! # Losses
+//!
+//! | `type` | config | computes |
+//! |---|---|---|
+//! | `softmax_cross_entropy` | [`SoftmaxCrossEntropy`] | `F.cross_entropy` on logits: weights, label smoothing, soft targets |
+//! | `cross_entropy` | [`CrossEntropy`] | `-Σ p log clamp(q, eps)` on probabilities |
+//! | `nll` | [`Nll`] | `F.nll_loss` on log-probabilities |
+//! | `linear_cross_entropy` | [`LinearCrossEntropy`] | output projection + cross-entropy (+ z-loss) in token chunks, exact gradients |
+//! | `z_loss` | [`ZLoss`] | `coefficient · logsumexp(z)²` (PaLM) |
+//! | `focal` | [`Focal`] | `-α_t (1 - p_t)^γ log p_t` (Lin et al. 2017) |
+//! | `distillation_kl` | [`DistillationKl`] | `T² · KL(softmax(t/T) ‖ softmax(z/T))` (Hinton et al. 2015) |
+//! | `unlikelihood` | [`Unlikelihood`] | CE + `α Σ -log(1 - p_c)` over earlier targets (Welleck et al. 2019) |
+//! | `banned_tokens` | [`BannedTokens`] | CE + `α Σ -log(1 - p_b)` over configured ids |
+//! | `weighted_sum` | [`WeightedSum`] | `Σ weight_i · loss_i`, each term logged as a metric |
+//!
+//! Conventions shared by all: positions whose target is `ignore_index` are not counted; `mean`
+//! divides by the counted tokens (or [`LossInput::normalizer`]) and gives 0.0 with zero gradient
+//! when nothing is counted; bf16/f16 predictions give a float32 loss.
+//!
 //! ```
 //! use perplex_losses::{Loss, LossInput, SoftmaxCrossEntropy};
 //! use tch::{Device, Kind, Tensor};
@@ -20,22 +39,38 @@
 #![warn(missing_docs)]
 
 mod common;
-pub mod cross_entropy;
 pub mod error;
 pub mod input;
 pub mod metrics;
-pub mod nll;
 pub mod output;
 pub mod registry;
-pub mod softmax_cross_entropy;
 
+// Losses, one module each (`type` name in brackets).
+pub mod banned_tokens; // [banned_tokens] cross-entropy + penalty on configured token ids
+pub mod cross_entropy; // [cross_entropy] H(p, q) on probabilities
+pub mod distillation_kl; // [distillation_kl] T^2 KL(teacher || student) (Hinton et al. 2015)
+pub mod focal; // [focal] -(1 - p_t)^gamma log p_t (Lin et al. 2017)
+pub mod linear_cross_entropy; // [linear_cross_entropy] output projection + CE in token chunks
+pub mod nll; // [nll] negative log-likelihood on log-probabilities
+pub mod softmax_cross_entropy; // [softmax_cross_entropy] torch F.cross_entropy on logits
+pub mod unlikelihood; // [unlikelihood] CE + penalty on earlier targets (Welleck et al. 2019)
+pub mod weighted_sum; // [weighted_sum] Σ weight_i · loss_i
+pub mod z_loss; // [z_loss] coefficient · logsumexp(logits)^2 (PaLM)
+
+pub use banned_tokens::BannedTokens;
 pub use cross_entropy::CrossEntropy;
+pub use distillation_kl::DistillationKl;
 pub use error::LossError;
+pub use focal::Focal;
 pub use input::LossInput;
+pub use linear_cross_entropy::LinearCrossEntropy;
 pub use nll::Nll;
 pub use output::{LossOutput, Reduction};
 pub use registry::{registered_losses, LossInfo};
 pub use softmax_cross_entropy::SoftmaxCrossEntropy;
+pub use unlikelihood::Unlikelihood;
+pub use weighted_sum::{Term, WeightedSum};
+pub use z_loss::ZLoss;
 
 /// Re-exported so plugin crates register their [`LossInfo`] with the same `inventory`.
 pub use inventory;

@@ -65,12 +65,23 @@ pub(crate) fn weight_tensor(
     weight: &Option<Vec<f64>>,
     like: &Tensor,
 ) -> Result<Option<Tensor>, LossError> {
+    class_vector(loss, "weight", weight, like)
+}
+
+/// A per-class option (`weight`, `alpha`) as a tensor on the logits' device and dtype, checking
+/// its length.
+pub(crate) fn class_vector(
+    loss: &'static str,
+    option: &'static str,
+    weight: &Option<Vec<f64>>,
+    like: &Tensor,
+) -> Result<Option<Tensor>, LossError> {
     let Some(w) = weight else { return Ok(None) };
     let c = *like.size().last().unwrap_or(&0);
     if w.len() as i64 != c {
         return Err(LossError::InvalidOption {
             loss,
-            option: "weight",
+            option,
             value: format!("{} values", w.len()),
             expected: "one weight per vocabulary entry",
         });

@@ -2,13 +2,18 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{check, restore, zero_grads};
+use crate::optimizer::{add_scaled, check, restore, zero_grads};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
-/// Adam (`type = "adam"`; Kingma & Ba 2015), as `torch.optim.Adam` (single-tensor path):
+/// Adam (`type = "adam"`; Kingma & Ba 2015, "Adam: A Method for Stochastic Optimization"), as
+/// `torch.optim.Adam` (single-tensor path, `foreach=False`):
 /// `g ← g + λθ; m ← β₁m + (1-β₁)g; v ← β₂v + (1-β₂)g²;`
 /// `θ ← θ - (lr / (1-β₁ᵗ)) · m / (sqrt(v) / sqrt(1-β₂ᵗ) + ε)`; with `amsgrad`, `v` in the
 /// denominator is the running maximum of `v`.
+///
+/// Differs from PyTorch only in that the step count `t` is one for all parameters (PyTorch keeps
+/// one per parameter, which differs for a parameter left without a gradient at some step), and
+/// `maximize`, `capturable`, `differentiable`, `foreach` and `fused` are not offered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdamConfig {
@@ -82,7 +87,60 @@ impl OptimizerConfig for AdamConfig {
     }
 }
 
-/// The Adam optimiser built by [`AdamConfig`] (or AdamW, with decoupled weight decay).
+/// AdamW (`type = "adamw"`; Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"),
+/// as `torch.optim.AdamW` (single-tensor path, `foreach=False`): Adam without the L2 term in the
+/// gradient, and instead `θ ← θ(1 - lr·λ)` before the Adam update:
+/// `m ← β₁m + (1-β₁)g; v ← β₂v + (1-β₂)g²;`
+/// `θ ← θ(1 - lr·λ) - (lr / (1-β₁ᵗ)) · m / (sqrt(v) / sqrt(1-β₂ᵗ) + ε)`.
+///
+/// Differs from PyTorch as [`AdamConfig`] does (one shared step count).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamWConfig {
+    /// Learning rate. Default 1e-3.
+    pub lr: f64,
+    /// (β₁, β₂). Default (0.9, 0.999).
+    pub betas: (f64, f64),
+    /// ε added to the denominator. Default 1e-8.
+    pub eps: f64,
+    /// Decoupled weight decay λ (the parameter shrinks by `lr·λ` each step). Default 1e-2.
+    pub weight_decay: f64,
+    /// AMSGrad variant (Reddi et al. 2018). Default false.
+    pub amsgrad: bool,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            amsgrad: false,
+        }
+    }
+}
+
+#[typetag::serde(name = "adamw")]
+impl OptimizerConfig for AdamWConfig {
+    fn build(&self, params: NamedParams) -> Result<Box<dyn Optimizer>, OptimError> {
+        let adam = AdamConfig {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+        };
+        Ok(Box::new(adam.build_adam(params, true)?))
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+}
+
+/// The Adam optimiser built by [`AdamConfig`] (or AdamW, with decoupled weight decay, built by
+/// [`AdamWConfig`]).
 #[derive(Debug)]
 pub struct Adam {
     params: NamedParams,
@@ -97,10 +155,11 @@ pub struct Adam {
 impl Optimizer for Adam {
     fn step(&mut self) -> Result<(), OptimError> {
         let c = &self.config;
-        let t = (self.steps + 1) as i32;
+        // `powf` of the float step, as Python's `beta ** step` (`powi` rounds differently).
+        let t = (self.steps + 1) as f64;
         let (b1, b2) = c.betas;
-        let bias1 = 1.0 - b1.powi(t);
-        let bias2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        let bias1 = 1.0 - b1.powf(t);
+        let bias2_sqrt = (1.0 - b2.powf(t)).powf(0.5);
         let step_size = c.lr / bias1;
         tch::no_grad(|| -> Result<(), OptimError> {
             for (i, (_, p)) in self.params.iter().enumerate() {
@@ -110,7 +169,7 @@ impl Optimizer for Adam {
                 }
                 let mut p = p.shallow_clone();
                 let g = if c.weight_decay != 0.0 && !self.decoupled {
-                    g.f_add(&p.f_mul_scalar(c.weight_decay)?)?
+                    add_scaled(&g, &p, c.weight_decay)?
                 } else {
                     g
                 };
@@ -124,12 +183,14 @@ impl Optimizer for Adam {
                 let _ = v.f_addcmul_(&g, &g.f_mul_scalar(1.0 - b2)?)?;
                 let v = if c.amsgrad {
                     let vmax = &mut self.max_exp_avg_sq[i];
-                    let _ = vmax.f_copy_(&vmax.f_maximum(v)?)?;
+                    vmax.f_copy_(&vmax.f_maximum(v)?)?;
                     vmax.shallow_clone()
                 } else {
                     v.shallow_clone()
                 };
                 let denom = v.f_sqrt()?.f_div_scalar(bias2_sqrt)?.f_add_scalar(c.eps)?;
+                // libtorch's addcdiv computes `p + (value·m) / denom`; tch has no `value`
+                // argument, so the scaled numerator is passed instead (the same rounding).
                 let _ = p.f_addcdiv_(&m.f_mul_scalar(-step_size)?, &denom)?;
             }
             Ok(())

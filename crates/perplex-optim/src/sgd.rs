@@ -2,12 +2,19 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{check, restore, zero_grads};
+use crate::optimizer::{add_scaled, add_scaled_, check, restore, zero_grads};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
-/// SGD (`type = "sgd"`), as `torch.optim.SGD`:
+/// SGD (`type = "sgd"`), as `torch.optim.SGD` (single-tensor path, `foreach=False`), with
+/// momentum after Sutskever et al. 2013, "On the importance of initialization and momentum in
+/// deep learning":
 /// `g ← g + λθ; b ← μb + (1 - τ)g` (b = g at the first step); `g ← g + μb` (Nesterov) or `g ← b`;
 /// `θ ← θ - lr·g`.
+///
+/// Differs from PyTorch only in that "the first step" is the optimiser's first step for every
+/// parameter (PyTorch starts each buffer at that parameter's first gradient, which differs for a
+/// parameter left without a gradient at step 1), and `maximize`, `foreach` and `fused` are not
+/// offered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SgdConfig {
@@ -90,7 +97,7 @@ impl Optimizer for Sgd {
                     continue;
                 }
                 let mut g = if c.weight_decay != 0.0 {
-                    g.f_add(&p.f_mul_scalar(c.weight_decay)?)?
+                    add_scaled(&g, p, c.weight_decay)?
                 } else {
                     g
                 };
@@ -99,16 +106,15 @@ impl Optimizer for Sgd {
                         buf.f_copy_(&g)?;
                     } else {
                         let _ = buf.f_mul_scalar_(c.momentum)?;
-                        let _ = buf.f_add_(&g.f_mul_scalar(1.0 - c.dampening)?)?;
+                        add_scaled_(buf, &g, 1.0 - c.dampening)?;
                     }
                     g = if c.nesterov {
-                        g.f_add(&buf.f_mul_scalar(c.momentum)?)?
+                        add_scaled(&g, buf, c.momentum)?
                     } else {
                         buf.shallow_clone()
                     };
                 }
-                let mut p = p.shallow_clone();
-                let _ = p.f_sub_(&g.f_mul_scalar(c.lr)?)?;
+                add_scaled_(&mut p.shallow_clone(), &g, -c.lr)?;
             }
             Ok(())
         })?;

@@ -1,1 +1,32 @@
+//! The perplex training loop: a [`Trainer`] composed from a data source, a model, a loss and an
+//! optimiser, configured by a [`RunConfig`] (TOML + environment + `--set` overrides).
+//!
+//! ```no_run
+//! use perplex_trainer::{RunConfig, Trainer};
+//!
+//! let config = RunConfig::load(
+//!     Some("examples/configs/gru-tinyshakespeare.toml".as_ref()),
+//!     &["trainer.epochs=1".to_string()],
+//! )?;
+//! let summary = Trainer::from_config(config)?.fit()?;
+//! println!("validation perplexity {:.1}", summary.epochs[0].valid.perplexity);
+//! # Ok::<(), perplex_trainer::TrainerError>(())
+//! ```
+//!
+//! Each epoch logs (through `tracing`) the training loss, the validation loss and perplexity
+//! (`exp` of the mean NLL per token), tokens per second and the learning rate. The run directory
+//! receives `config.toml` (resolved), `vocab.json`, `model.safetensors` and `metrics.jsonl`.
+#![warn(missing_docs)]
 
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod run_dir;
+pub mod trainer;
+
+pub use config::{RunConfig, TrainerConfig};
+pub use device::parse_device;
+pub use error::TrainerError;
+pub use trainer::{
+    evaluate, load_weights, named_trainable, EpochStats, EvalStats, FitSummary, Trainer,
+};

@@ -1,0 +1,82 @@
+//! What a run leaves on disk.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Tensor};
+
+use crate::TrainerError;
+
+/// File names inside a run directory.
+pub mod files {
+    /// The resolved config (TOML), enough to rebuild the model.
+    pub const CONFIG: &str = "config.toml";
+    /// The vocabulary (JSON).
+    pub const VOCAB: &str = "vocab.json";
+    /// Final weights (safetensors, PyTorch-style names such as `gru.weight_ih_l0`).
+    pub const WEIGHTS: &str = "model.safetensors";
+    /// One JSON object per line: per-epoch (and final test) metrics.
+    pub const METRICS: &str = "metrics.jsonl";
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+///
+/// # Errors
+/// [`TrainerError::Io`] naming the path.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainerError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| TrainerError::io(path, e))?;
+    tmp.write_all(bytes)
+        .map_err(|e| TrainerError::io(path, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| TrainerError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| TrainerError::io(path, e.error))?;
+    Ok(())
+}
+
+/// Saves the variables of `vs` as safetensors, atomically.
+///
+/// # Errors
+/// [`TrainerError::Io`] naming the path.
+pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<(), TrainerError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .suffix(".safetensors")
+        .tempfile_in(dir)
+        .map_err(|e| TrainerError::io(path, e))?;
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&named, tmp.path()).map_err(|e| TrainerError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| TrainerError::io(path, e.error))?;
+    Ok(())
+}
+
+/// The directory for a run: `run_dir/run_name`, or `run_dir/run-<unix seconds>`.
+pub fn run_path(run_dir: &Path, run_name: Option<&str>) -> PathBuf {
+    match run_name {
+        Some(n) => run_dir.join(n),
+        None => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            run_dir.join(format!("run-{secs}"))
+        }
+    }
+}
+
+/// Appends one JSON line to `metrics.jsonl`.
+///
+/// # Errors
+/// [`TrainerError::Io`] naming the path.
+pub fn append_metrics(path: &Path, record: &serde_json::Value) -> Result<(), TrainerError> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainerError::io(path, e))?;
+    writeln!(f, "{record}").map_err(|e| TrainerError::io(path, e))
+}

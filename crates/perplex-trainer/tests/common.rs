@@ -1,0 +1,22 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+use std::path::PathBuf;
+
+/// Tiny Shakespeare from `../shared` when present (CI and development), else fetched into a
+/// per-test data directory through the project's own fetch code.
+pub fn tiny_shakespeare() -> PathBuf {
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/tinyshakespeare/input.txt");
+    if shared.exists() {
+        return shared;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("data");
+    perplex_data::fetch_corpus("tinyshakespeare", &dir).expect("fetch Tiny Shakespeare")
+}
+
+/// A config file in a fresh temporary directory.
+pub fn write_config(dir: &tempfile::TempDir, body: &str) -> PathBuf {
+    let p = dir.path().join("run.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
