@@ -1,17 +1,235 @@
 //! `cargo xtask bench`: benchmarks compared side by side with their references.
-use anyhow::{bail, Result};
-use clap::Args;
+//!
+//! - `bench train`: perplex against the PyTorch eager reference
+//!   (`../shared/reference/pytorch_gru_lm.py`), alternating runs, tokens/s, GFLOP/s against a
+//!   matmul ceiling, peak RSS and time to the first step ([`train`]).
+//! - `bench losses`: `Linear -> softmax_cross_entropy` against `linear_cross_entropy`, time and
+//!   peak memory per configuration, one child process each ([`losses`]).
+//!
+//! Results are printed as tables and written as JSON to `<target>/bench/<what>-<unix time>.json`
+//! and `<target>/bench/<what>-latest.json` (`<target>` is `$CARGO_TARGET_DIR` or `target/`).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
 
 use crate::Torch;
+
+mod child;
+mod losses;
+mod train;
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to benchmark: `train`.
-    pub what: String,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// perplex vs the PyTorch eager reference: training tokens/s, GFLOP/s, peak RSS, first step.
+    Train(train::TrainArgs),
+    /// Naive `Linear -> softmax_cross_entropy` vs `linear_cross_entropy`: time and peak memory.
+    Losses(losses::LossesArgs),
 }
 
 /// Runs a benchmark.
-pub fn run(args: BenchArgs, _torch: &Option<Torch>) -> Result<()> {
-    bail!("unknown benchmark `{}`", args.what)
+pub fn run(args: BenchArgs, torch: &Option<Torch>) -> Result<()> {
+    match args.what {
+        What::Train(a) => train::run(a, torch),
+        What::Losses(a) => losses::run(a, torch),
+    }
+}
+
+/// Where benchmark results go: `$CARGO_TARGET_DIR/bench` or `<workspace>/target/bench`.
+fn bench_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"))
+        .join("bench")
+}
+
+/// The release binary or example to run: from `bin_dir` when given (prebuilt, e.g. carried to
+/// another machine), else built here with cargo.
+fn binary(
+    torch: &Option<Torch>,
+    bin_dir: Option<&Path>,
+    name: &str,
+    build: &[&str],
+) -> Result<PathBuf> {
+    if let Some(dir) = bin_dir {
+        let p = dir.join(name);
+        if !p.is_file() {
+            bail!("--bin-dir {}: no `{name}` there", dir.display());
+        }
+        return Ok(p);
+    }
+    let mut args = vec!["build", "--release"];
+    args.extend_from_slice(build);
+    crate::cargo(torch, &args)?;
+    let release = crate::perplex_bin()
+        .parent()
+        .expect("target/release")
+        .to_path_buf();
+    let p = if build.contains(&"--example") {
+        release.join("examples").join(name)
+    } else {
+        release.join(name)
+    };
+    if !p.is_file() {
+        bail!("cargo built no {}", p.display());
+    }
+    Ok(p)
+}
+
+/// A command with the environment `cargo xtask` gives every child (libtorch, data mirror).
+fn command(program: &Path, torch: &Option<Torch>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(crate::workspace_root());
+    crate::apply_env(&mut cmd, torch);
+    cmd
+}
+
+/// A command for a perplex-losses example on `device`. On CUDA, `libtorch_cuda.so` is preloaded:
+/// examples do not link it themselves (the linker drops it as unused, unlike `perplex`, whose
+/// build script keeps it), and without it libtorch sees no CUDA device.
+fn example_command(program: &Path, torch: &Option<Torch>, device: &str) -> Command {
+    let mut cmd = command(program, torch);
+    if device.starts_with("cuda") {
+        let lib = torch
+            .as_ref()
+            .map(|t| t.libtorch.join("lib").join("libtorch_cuda.so"));
+        if let Some(lib) = lib.filter(|l| l.is_file()) {
+            cmd.env("LD_PRELOAD", lib);
+        }
+    }
+    cmd
+}
+
+/// The 1-, 5- and 15-minute load averages.
+fn loadavg() -> [f64; 3] {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = s.split_whitespace().map(|x| x.parse().unwrap_or(f64::NAN));
+    [
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+    ]
+}
+
+/// A `/proc/meminfo` field in MiB.
+fn meminfo_mib(field: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+}
+
+/// What the machine was and how busy, for the JSON.
+fn host() -> serde_json::Value {
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        }),
+        "mem_total_mib": meminfo_mib("MemTotal"),
+        "loadavg": loadavg(),
+    })
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Writes `<bench dir>/<what>-<unix>.json` and `<what>-latest.json`, and `extra` when given.
+fn write_results(
+    what: &str,
+    unix: u64,
+    json: &serde_json::Value,
+    extra: Option<&Path>,
+) -> Result<PathBuf> {
+    let dir = bench_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let text = serde_json::to_string_pretty(json)?;
+    let path = dir.join(format!("{what}-{unix}.json"));
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    let latest = dir.join(format!("{what}-latest.json"));
+    std::fs::write(&latest, &text).with_context(|| format!("writing {}", latest.display()))?;
+    if let Some(p) = extra {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).ok();
+        }
+        std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(path)
+}
+
+/// Median of a non-empty slice (the mean of the middle two for an even length).
+fn median(xs: &[f64]) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn min_max(xs: &[f64]) -> (f64, f64) {
+    xs.iter()
+        .filter(|x| !x.is_nan())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// `12345.6` -> `12,346`.
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let s = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_lengths() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(f64::NAN), "-");
+    }
 }

@@ -53,7 +53,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: `train` (perplex vs the PyTorch eager reference, side by side).
+    /// Benchmarks: `train` (perplex vs the PyTorch eager reference, side by side) and `losses`
+    /// (naive vs chunked output cross-entropy: time and peak memory). Results in
+    /// `<target>/bench/*.json`.
     Bench(bench::BenchArgs),
 }
 
@@ -253,7 +255,12 @@ fn apply_env(cmd: &mut Command, torch: &Option<Torch>) {
     }
 }
 
+/// The workspace root: `$XTASK_WORKSPACE_ROOT` when set (a prebuilt xtask run from a copy of the
+/// tree elsewhere, e.g. by `scripts/gpu-check.sh`), else where xtask was compiled.
 fn workspace_root() -> PathBuf {
+    if let Some(r) = std::env::var_os("XTASK_WORKSPACE_ROOT") {
+        return PathBuf::from(r);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")

@@ -1,11 +1,17 @@
 //! `perplex`: train and inspect language models.
+mod chart;
+mod eval;
+mod generate;
+mod lr_find;
+mod metrics_log;
+mod plot;
+mod train;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-
-use perplex_trainer::{RunConfig, Trainer};
 
 /// Train language models on libtorch, from Rust.
 #[derive(Debug, Parser)]
@@ -30,7 +36,22 @@ enum Command {
         /// Print the resolved config and exit without training.
         #[arg(long)]
         dry_run: bool,
+        /// Continue a run from a checkpoint: a checkpoint directory, a run directory (its latest
+        /// checkpoint) or `latest` (the most recent run under `trainer.run_dir`). The run's own
+        /// config is used; `--set` overrides apply on top (e.g. `--set trainer.epochs=20`).
+        #[arg(long, value_name = "DIR|latest")]
+        resume: Option<String>,
     },
+    /// Score a trained model: loss, perplexity and bits per token on a split or a text file, and
+    /// the tokens it found most surprising.
+    Eval(eval::EvalArgs),
+    /// Continue a prompt with a trained model (temperature, top-k, top-p, seed, banned tokens).
+    Generate(generate::GenerateArgs),
+    /// Plot a run's loss, validation perplexity and learning rate against the step (PNG and SVG).
+    Plot(plot::PlotArgs),
+    /// Learning-rate range test: train briefly with an exponentially growing learning rate and
+    /// suggest one (Smith 2017; fastai's lr_find).
+    LrFind(lr_find::LrFindArgs),
     /// List every registered loss (built-in and plugins) with a one-line description.
     Losses,
     /// Fetch a named corpus into the data directory (from $PERPLEX_DATA_MIRROR when set, else
@@ -53,7 +74,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,33 +91,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             overrides,
             dry_run,
-        } => {
-            let cfg = RunConfig::load(config.as_deref(), &overrides)?;
-            if dry_run {
-                print!("{}", cfg.to_toml()?);
-                return Ok(());
-            }
-            let mut trainer = Trainer::from_config(cfg)?;
-            let summary = trainer.fit()?;
-            if let Some(last) = summary.epochs.last() {
-                println!(
-                    "final: epoch {} step {} train_loss {:.4} valid_loss {:.4} valid_ppl {:.2} tokens/s {:.0}",
-                    last.epoch,
-                    last.step,
-                    last.train_loss,
-                    last.valid.loss,
-                    last.valid.perplexity,
-                    last.tokens_per_sec
-                );
-            }
-            if let Some(t) = summary.test {
-                println!("test: loss {:.4} ppl {:.2}", t.loss, t.perplexity);
-            }
-            if let Some(dir) = summary.run_dir {
-                println!("run directory: {}", dir.display());
-            }
-            Ok(())
-        }
+            resume,
+        } => train::run(config.as_deref(), &overrides, dry_run, resume.as_deref()),
+        Command::Eval(args) => eval::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Plot(args) => plot::run(args),
+        Command::LrFind(args) => lr_find::run(args),
         Command::Losses => {
             for info in perplex_losses::registered_losses() {
                 println!("{:<24} {}", info.name, info.description);
@@ -109,5 +109,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+    }
+}
+
+/// Writes log lines to stderr above the progress bar (if one is drawn) instead of through it.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        perplex_trainer::callbacks::progress_bars().suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }

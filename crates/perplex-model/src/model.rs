@@ -6,11 +6,34 @@ use tch::{nn, Device, Tensor};
 use crate::ModelError;
 
 /// The recurrent state a model carries from one BPTT window to the next (for a GRU, `h` of shape
-/// `[layers, batch, hidden]`). Opaque to the trainer, which only detaches it.
+/// `[layers, batch, hidden]`). Opaque to the trainer, which detaches, splits and joins it.
+///
+/// Convention (PyTorch's for `h` and `c`): the batch is dimension 1 of every tensor.
 #[derive(Debug)]
 pub struct HiddenState(pub Vec<Tensor>);
 
 impl HiddenState {
+    /// Splits the batch into `parts` equal slices (for gradient accumulation over micro-batches).
+    pub fn chunk(&self, parts: i64) -> Vec<HiddenState> {
+        let mut out: Vec<Vec<Tensor>> = (0..parts).map(|_| Vec::new()).collect();
+        for t in &self.0 {
+            for (i, c) in t.chunk(parts, 1).into_iter().enumerate() {
+                out[i].push(c);
+            }
+        }
+        out.into_iter().map(HiddenState).collect()
+    }
+
+    /// Joins slices made by [`HiddenState::chunk`] back along the batch.
+    pub fn cat(parts: &[HiddenState]) -> HiddenState {
+        let n = parts.first().map(|p| p.0.len()).unwrap_or(0);
+        HiddenState(
+            (0..n)
+                .map(|i| Tensor::cat(&parts.iter().map(|p| &p.0[i]).collect::<Vec<_>>(), 1))
+                .collect(),
+        )
+    }
+
     /// The same state cut from the autograd graph (truncated BPTT).
     pub fn detach(&self) -> Self {
         Self(self.0.iter().map(Tensor::detach).collect())

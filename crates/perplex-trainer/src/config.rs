@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use perplex_data::DataConfig;
 use perplex_losses::{Loss, SoftmaxCrossEntropy};
 use perplex_model::{GruLmConfig, ModelConfig};
-use perplex_optim::{AdamConfig, OptimizerConfig};
+use perplex_optim::{AdamConfig, OptimizerConfig, ScheduleConfig};
 
 use crate::TrainerError;
 
-/// A whole run: `[data]`, `[model]`, `[loss]`, `[optim]`, `[trainer]`.
+/// A whole run: `[data]`, `[model]`, `[loss]`, `[optim]`, optional `[schedule]`, `[trainer]`.
 ///
 /// `model`, `loss` and `optim` are chosen by their `type` key among the registered
 /// implementations (typetag), so plugins add choices without changing this struct.
@@ -30,6 +30,9 @@ pub struct RunConfig {
     /// The optimiser; default `{ type = "adam", lr = 1e-3 }`.
     #[serde(default = "default_optim")]
     pub optim: Box<dyn OptimizerConfig>,
+    /// Learning-rate schedule over optimiser steps; default none (constant `optim.lr`).
+    #[serde(default)]
+    pub schedule: Option<Box<dyn ScheduleConfig>>,
     /// The loop.
     #[serde(default)]
     pub trainer: TrainerConfig,
@@ -54,9 +57,33 @@ impl Default for RunConfig {
             model: default_model(),
             loss: default_loss(),
             optim: default_optim(),
+            schedule: None,
             trainer: TrainerConfig::default(),
         }
     }
+}
+
+/// What to do when the training loss is NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// Stop the run with an error naming the step; the last good checkpoint stays on disk.
+    #[default]
+    Stop,
+    /// Skip that batch's update with a warning and count it (`skipped_steps` in the metrics).
+    Skip,
+}
+
+/// Numeric precision of the model's forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// float32 everywhere.
+    #[default]
+    F32,
+    /// bfloat16 matrix work (CUDA autocast; on the CPU the model computes with bf16 copies of
+    /// its float32 weights); the loss and the optimiser state stay float32.
+    Bf16,
 }
 
 /// The `[trainer]` section.
@@ -67,20 +94,48 @@ pub struct TrainerConfig {
     pub epochs: u64,
     /// Stop after this many optimiser steps in total (0 = no limit). Default 0.
     pub max_steps: u64,
-    /// Seed of libtorch's generator (initial weights, dropout). Default 1337.
+    /// Seed of libtorch's generator (initial weights; dropout is reseeded from `seed` and the
+    /// step number at every step, so resumed runs draw the same masks). Default 1337.
     pub seed: i64,
     /// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`. Default `auto`.
     pub device: String,
     /// libtorch intra-op threads; 0 keeps libtorch's default (the number of cores). Default 0.
     pub threads: usize,
+    /// `f32` or `bf16`. Default `f32`.
+    pub precision: Precision,
+    /// Split each batch's rows into this many micro-batches whose gradients are accumulated
+    /// before one optimiser step; `batch_size` must be divisible by it. The loss is normalised
+    /// by the whole batch's token count, so the gradient equals the full batch's. Default 1.
+    pub accumulate: u64,
     /// Clip gradients to this global L2 norm (`clip_grad_norm_`); 0 disables. Default 0.
     pub clip_grad_norm: f64,
-    /// Log the running training loss every this many steps (0 = only per epoch). Default 20.
+    /// Clamp every gradient element to `[-v, v]` (`clip_grad_value_`); 0 disables. Default 0.
+    pub clip_grad_value: f64,
+    /// Validate at the end of every epoch. Default true.
+    pub eval: bool,
+    /// Also validate (and checkpoint) every this many steps; 0 = only at epoch ends. Default 0.
+    pub eval_every: u64,
+    /// Stop after this many validations without improvement of the validation loss; 0 never
+    /// stops early. Default 0.
+    pub patience: u64,
+    /// Write a checkpoint at every validation. Default true.
+    pub checkpoint: bool,
+    /// Keep this many most recent checkpoints (besides `best`). Default 2.
+    pub keep_last: usize,
+    /// `stop` or `skip` when the loss is NaN/infinite. Default `stop`.
+    pub on_non_finite: OnNonFinite,
+    /// Log (and write to `metrics.jsonl`) the running training loss every this many steps
+    /// (0 = only per epoch). Default 20.
     pub log_every: u64,
+    /// Show a progress bar (only when stderr is a terminal). Default true.
+    pub progress: bool,
     /// Directory under which each run gets its own directory. Default `runs`.
     pub run_dir: PathBuf,
     /// Name of this run's directory; default: `run-<unix time>`.
     pub run_name: Option<String>,
+    /// A run or checkpoint directory of a teacher model (same vocabulary) whose logits are
+    /// given to the loss as `teacher_logits` (for `distillation_kl`). Default none.
+    pub teacher: Option<PathBuf>,
 }
 
 impl Default for TrainerConfig {
@@ -91,10 +146,21 @@ impl Default for TrainerConfig {
             seed: 1337,
             device: "auto".into(),
             threads: 0,
+            precision: Precision::F32,
+            accumulate: 1,
             clip_grad_norm: 0.0,
+            clip_grad_value: 0.0,
+            eval: true,
+            eval_every: 0,
+            patience: 0,
+            checkpoint: true,
+            keep_last: 2,
+            on_non_finite: OnNonFinite::Stop,
             log_every: 20,
+            progress: true,
             run_dir: PathBuf::from("runs"),
             run_name: None,
+            teacher: None,
         }
     }
 }
@@ -115,7 +181,16 @@ impl RunConfig {
         let origin = file
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "the default config".into());
-        let mut builder = config::Config::builder();
+        // A section given without `type` (e.g. only `--set model.hidden_size=128`) keeps the
+        // default implementation.
+        let mut builder = config::Config::builder()
+            .set_default("model.type", "gru")
+            .and_then(|b| b.set_default("loss.type", "softmax_cross_entropy"))
+            .and_then(|b| b.set_default("optim.type", "adam"))
+            .map_err(|e| TrainerError::Config {
+                source_name: "defaults".into(),
+                message: e.to_string(),
+            })?;
         if let Some(f) = file {
             if !f.exists() {
                 return Err(TrainerError::Config {

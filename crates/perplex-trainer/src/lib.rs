@@ -18,15 +18,26 @@
 //! receives `config.toml` (resolved), `vocab.json`, `model.safetensors` and `metrics.jsonl`.
 #![warn(missing_docs)]
 
+pub mod callbacks;
+pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod inference;
+pub mod lr_find;
 pub mod run_dir;
+pub mod teacher;
 pub mod trainer;
 
-pub use config::{RunConfig, TrainerConfig};
+pub use callbacks::{
+    Action, Callback, CheckpointEvent, EarlyStopping, EvalEvent, MetricsLogger, ProgressBar,
+    StepEvent,
+};
+pub use config::{OnNonFinite, Precision, RunConfig, TrainerConfig};
 pub use device::parse_device;
 pub use error::TrainerError;
+pub use inference::{Generation, LoadedModel, SamplingOptions, TokenLoss};
+pub use lr_find::{lr_find, LrFindOptions, LrFindPoint, LrFindResult, LrFindStop};
 pub use trainer::{
     evaluate, load_weights, named_trainable, EpochStats, EvalStats, FitSummary, Trainer,
 };

@@ -14,8 +14,38 @@ pub mod files {
     pub const VOCAB: &str = "vocab.json";
     /// Final weights (safetensors, PyTorch-style names such as `gru.weight_ih_l0`).
     pub const WEIGHTS: &str = "model.safetensors";
-    /// One JSON object per line: per-epoch (and final test) metrics.
+    /// One JSON object per line with a `kind`: `train` (every `log_every` steps), `valid`,
+    /// `epoch`, `test`.
     pub const METRICS: &str = "metrics.jsonl";
+    /// The same records as CSV.
+    pub const METRICS_CSV: &str = "metrics.csv";
+    /// Totals of the run (peak RSS, time to first step, best validation loss).
+    pub const SUMMARY: &str = "summary.json";
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM` from `/proc/self/status`), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Seconds since this process started (from `/proc`), if known.
+pub fn process_age_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 22 (starttime, clock ticks since boot) counted after the `(comm)` field.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let start_ticks: f64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks > 0.0).then(|| uptime - start_ticks / ticks)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.

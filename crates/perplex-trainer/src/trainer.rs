@@ -5,14 +5,20 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
-use perplex_data::{BpttBatches, DataSource, LmData};
+use perplex_data::{BpttBatch, BpttBatches, DataSource, LmData};
 use perplex_losses::{metrics::nll_sum, Loss, LossInput};
-use perplex_model::LanguageModel;
-use perplex_optim::{clip_grad_norm, NamedParams, Optimizer};
+use perplex_model::{HiddenState, LanguageModel};
+use perplex_optim::{clip_grad_norm, clip_grad_value, LrSchedule, NamedParams, Optimizer};
 
-use crate::config::{RunConfig, TrainerConfig};
+use crate::callbacks::{
+    Action, Callback, CheckpointEvent, EarlyStopping, EvalEvent, MetricsLogger, ProgressBar,
+    StepEvent,
+};
+use crate::checkpoint::{self, Manifest};
+use crate::config::{OnNonFinite, Precision, RunConfig, TrainerConfig};
 use crate::device::parse_device;
 use crate::run_dir::{self, files};
+use crate::teacher::Teacher;
 use crate::TrainerError;
 
 /// Loss and perplexity of a model on one split.
@@ -29,7 +35,8 @@ pub struct EvalStats {
 }
 
 impl EvalStats {
-    fn new(sum: f64, tokens: u64) -> Self {
+    /// Stats from a summed NLL (nats) over `tokens` tokens.
+    pub fn new(sum: f64, tokens: u64) -> Self {
         let loss = if tokens > 0 { sum / tokens as f64 } else { 0.0 };
         Self {
             loss,
@@ -47,18 +54,18 @@ pub struct EpochStats {
     pub epoch: u64,
     /// Optimiser steps taken so far in the run.
     pub step: u64,
+    /// False when the run stopped (`max_steps`, early stopping) before the epoch's end.
+    pub complete: bool,
     /// Mean of the training loss over the epoch's steps (the configured objective).
     pub train_loss: f64,
-    /// Validation NLL and perplexity.
-    pub valid: EvalStats,
+    /// Validation NLL and perplexity (absent with `trainer.eval = false`).
+    pub valid: Option<EvalStats>,
     /// Training throughput, target tokens per second of training time (evaluation excluded).
     pub tokens_per_sec: f64,
     /// Learning rate at the end of the epoch.
     pub lr: f64,
     /// Seconds spent training in this epoch.
     pub train_seconds: f64,
-    /// Seconds spent on validation.
-    pub eval_seconds: f64,
 }
 
 /// What a whole run did.
@@ -66,8 +73,16 @@ pub struct EpochStats {
 pub struct FitSummary {
     /// One entry per completed epoch.
     pub epochs: Vec<EpochStats>,
+    /// Best validation loss reached (nats per token).
+    pub best_valid_loss: Option<f64>,
     /// Test-split metrics with the final weights, when the corpus has a test split.
     pub test: Option<EvalStats>,
+    /// Optimiser steps taken in total.
+    pub steps: u64,
+    /// Steps skipped for a non-finite loss (`on_non_finite = "skip"`).
+    pub skipped_steps: u64,
+    /// Why training stopped early, if it did.
+    pub stopped_early: Option<String>,
     /// Where the run's files are.
     pub run_dir: Option<PathBuf>,
 }
@@ -75,17 +90,25 @@ pub struct FitSummary {
 /// A trainer composed from a data source, a model, a loss and an optimiser.
 ///
 /// It names none of them concretely: any [`DataSource`], [`LanguageModel`], [`Loss`] and
-/// [`Optimizer`] will do.
+/// [`Optimizer`] will do. Build one from a [`RunConfig`] with [`Trainer::from_config`] or from
+/// parts with [`Trainer::new`].
 pub struct Trainer {
     data: Box<dyn DataSource>,
     vs: nn::VarStore,
     model: Box<dyn LanguageModel>,
     loss: Box<dyn Loss>,
     optimizer: Box<dyn Optimizer>,
+    schedule: Option<Box<dyn LrSchedule>>,
+    teacher: Option<Teacher>,
     config: TrainerConfig,
     device: Device,
     run_dir: Option<PathBuf>,
-    step: u64,
+    callbacks: Vec<Box<dyn Callback>>,
+    pos: Manifest,
+    resume_state: Option<HiddenState>,
+    started: Instant,
+    first_step_seconds: Option<f64>,
+    last_valid: Option<EvalStats>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -95,6 +118,7 @@ impl std::fmt::Debug for Trainer {
             .field("loss", &self.loss)
             .field("optimizer", &self.optimizer)
             .field("device", &self.device)
+            .field("step", &self.pos.step)
             .finish()
     }
 }
@@ -112,7 +136,8 @@ pub fn named_trainable(vs: &nn::VarStore) -> NamedParams {
 
 impl Trainer {
     /// Composes a trainer from its parts. `vs` must hold the model's variables and `optimizer`
-    /// must have been built over them.
+    /// must have been built over them. No files are written unless [`Trainer::with_run_dir`] is
+    /// called; no callbacks run unless added.
     pub fn new(
         data: Box<dyn DataSource>,
         vs: nn::VarStore,
@@ -128,18 +153,77 @@ impl Trainer {
             model,
             loss,
             optimizer,
+            schedule: None,
+            teacher: None,
             config,
             run_dir: None,
-            step: 0,
+            callbacks: Vec::new(),
+            pos: Manifest {
+                format: 1,
+                epoch: 1,
+                schedule_state: serde_json::Value::Null,
+                ..Manifest::default()
+            },
+            resume_state: None,
+            started: Instant::now(),
+            first_step_seconds: None,
+            last_valid: None,
         }
     }
 
     /// Builds everything a run config describes: applies `threads` and `seed`, picks the device,
-    /// loads the data, creates the model and the optimiser. Call [`Trainer::fit`] next.
+    /// loads the data, creates the model, optimiser, schedule and teacher, creates the run
+    /// directory (`config.toml`, `vocab.json`) and installs the standard callbacks (metrics,
+    /// early stopping, progress bar). Call [`Trainer::fit`] next.
     ///
     /// # Errors
-    /// Any [`TrainerError`]: bad device, data, model or optimiser settings.
+    /// Any [`TrainerError`]: bad device, data, model, optimiser or teacher settings.
     pub fn from_config(config: RunConfig) -> Result<Self, TrainerError> {
+        let dir = run_dir::run_path(&config.trainer.run_dir, config.trainer.run_name.as_deref());
+        Self::build(config, dir)
+    }
+
+    /// Continues a run from a checkpoint: `spec` is a checkpoint directory, a run directory (its
+    /// latest checkpoint) or `latest` (the latest checkpoint of the most recently modified run
+    /// under `run_root`). The run's own `config.toml` is used, with `overrides` applied on top
+    /// (e.g. more epochs). On the CPU the resumed loss curve equals, bit for bit, that of a run
+    /// never interrupted.
+    ///
+    /// # Errors
+    /// [`TrainerError::Io`] when no checkpoint is found, and the errors of
+    /// [`Trainer::from_config`].
+    pub fn resume(spec: &str, run_root: &Path, overrides: &[String]) -> Result<Self, TrainerError> {
+        let ckpt = checkpoint::resolve(spec, run_root)?;
+        let run = checkpoint::run_of(&ckpt);
+        let config = RunConfig::load(Some(&run.join(files::CONFIG)), overrides)?;
+        let mut trainer = Self::build(config, run.clone())?;
+        let saved_vocab = perplex_data::Vocabulary::load(&run.join(files::VOCAB))?;
+        if saved_vocab != *trainer.data.vocab() {
+            return Err(TrainerError::Config {
+                source_name: run.join(files::VOCAB).display().to_string(),
+                message:
+                    "the corpus now gives a different vocabulary than the run was trained with"
+                        .into(),
+            });
+        }
+        let (manifest, hidden) =
+            checkpoint::load(&ckpt, &mut trainer.vs, trainer.optimizer.as_mut())?;
+        if let Some(s) = trainer.schedule.as_mut() {
+            s.load_state(&manifest.schedule_state)?;
+        }
+        tracing::info!(
+            checkpoint = %ckpt.display(),
+            step = manifest.step,
+            epoch = manifest.epoch,
+            window = manifest.window,
+            "resuming"
+        );
+        trainer.pos = manifest;
+        trainer.resume_state = hidden;
+        Ok(trainer)
+    }
+
+    fn build(config: RunConfig, dir: PathBuf) -> Result<Self, TrainerError> {
         let tc = config.trainer.clone();
         if tc.threads > 0 {
             tch::set_num_threads(tc.threads as i32);
@@ -149,8 +233,18 @@ impl Trainer {
             device = ?device,
             threads = tch::get_num_threads(),
             cuda_available = tch::Cuda::is_available(),
+            precision = ?tc.precision,
             "device chosen"
         );
+        if tc.accumulate == 0 || config.data.batch_size as u64 % tc.accumulate != 0 {
+            return Err(TrainerError::Config {
+                source_name: "trainer.accumulate".into(),
+                message: format!(
+                    "accumulate = {} must be positive and divide data.batch_size = {}",
+                    tc.accumulate, config.data.batch_size
+                ),
+            });
+        }
         tch::manual_seed(tc.seed);
         let data = LmData::load(&config.data)?;
         tracing::info!(
@@ -164,35 +258,60 @@ impl Trainer {
         );
         let vs = nn::VarStore::new(device);
         let model = config.model.build(&vs.root(), data.vocab.len() as i64)?;
+        if tc.precision == Precision::Bf16 && device == Device::Cpu {
+            return Err(TrainerError::Config {
+                source_name: "trainer.precision".into(),
+                message:
+                    "bf16 autocast is available on CUDA only in this version; use f32 on the CPU"
+                        .into(),
+            });
+        }
         let params = named_trainable(&vs);
         let n_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
-        tracing::info!(parameters = n_params, model = ?config.model, loss = ?config.loss, "model built");
+        tracing::info!(parameters = n_params, model = ?config.model, loss = ?config.loss, optim = ?config.optim, "model built");
         let optimizer = config.optim.build(params)?;
-        let mut trainer = Self::new(Box::new(data), vs, model, config.loss, optimizer, tc);
-        let dir = run_dir::run_path(&trainer.config.run_dir, trainer.config.run_name.as_deref());
+        let schedule = config
+            .schedule
+            .as_ref()
+            .map(|s| s.build(config.optim.lr()))
+            .transpose()?;
+        let teacher = tc
+            .teacher
+            .as_deref()
+            .map(|t| Teacher::load(t, &data.vocab, device))
+            .transpose()?;
         std::fs::create_dir_all(&dir).map_err(|e| TrainerError::io(&dir, e))?;
-        let toml = RunConfig {
-            data: config.data,
-            model: config.model,
-            loss: serde_roundtrip_loss(trainer.loss.as_ref())?,
-            optim: config.optim,
-            trainer: trainer.config.clone(),
+        run_dir::write_atomically(&dir.join(files::CONFIG), config.to_toml()?.as_bytes())?;
+        data.vocab.save(&dir.join(files::VOCAB))?;
+        let mut trainer = Self::new(Box::new(data), vs, model, config.loss, optimizer, tc);
+        trainer.schedule = schedule;
+        trainer.teacher = teacher;
+        trainer.run_dir = Some(dir.clone());
+        trainer.add_callback(MetricsLogger::new(trainer.config.log_every, Some(dir)));
+        trainer.add_callback(EarlyStopping {
+            patience: trainer.config.patience,
+        });
+        if trainer.config.progress {
+            trainer.add_callback(ProgressBar::new());
         }
-        .to_toml()?;
-        run_dir::write_atomically(&dir.join(files::CONFIG), toml.as_bytes())?;
-        trainer
-            .data
-            .vocab()
-            .save(&dir.join(files::VOCAB))
-            .map_err(TrainerError::Data)?;
-        trainer.run_dir = Some(dir);
         Ok(trainer)
     }
 
-    /// Writes the run's files (weights, metrics) under `dir`.
+    /// Writes the run's files (weights, checkpoints) under `dir`.
     pub fn with_run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.run_dir = Some(dir.into());
         self
+    }
+
+    /// Sets a learning-rate schedule (applied before every optimiser step).
+    pub fn with_schedule(mut self, schedule: Box<dyn LrSchedule>) -> Self {
+        self.schedule = Some(schedule);
+        self
+    }
+
+    /// Adds a callback; callbacks run in the order added.
+    pub fn add_callback(&mut self, callback: impl Callback + 'static) {
+        self.callbacks.push(Box::new(callback));
     }
 
     /// The model's variables.
@@ -212,57 +331,187 @@ impl Trainer {
 
     /// Optimiser steps taken.
     pub fn step(&self) -> u64 {
-        self.step
+        self.pos.step
     }
 
-    /// Trains for `epochs` (or until `max_steps`), validating after every epoch, then scores the
-    /// test split if there is one. Writes `model.safetensors` and `metrics.jsonl` into the run
-    /// directory after each epoch.
+    /// The run directory, when files are written.
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.run_dir.as_deref()
+    }
+
+    fn max_steps_reached(&self) -> bool {
+        self.config.max_steps > 0 && self.pos.step >= self.config.max_steps
+    }
+
+    /// Trains for `epochs` (or until `max_steps`, or early stopping), validating after every
+    /// epoch and every `eval_every` steps, checkpointing at each validation and at the end, then
+    /// scores the test split with the final weights if there is one. Writes `model.safetensors`
+    /// (final weights), `metrics.jsonl`/`.csv` and `summary.json` into the run directory.
     ///
     /// # Errors
-    /// [`TrainerError::NonFinite`] when the loss becomes NaN or infinite (the weights of the last
-    /// completed epoch stay on disk), and any error of the parts.
+    /// [`TrainerError::NonFinite`] when the loss becomes NaN or infinite with
+    /// `on_non_finite = "stop"` (the last checkpoint stays loadable), and any error of the parts.
     pub fn fit(&mut self) -> Result<FitSummary, TrainerError> {
         let train = self.data.train_batches(self.device)?;
-        let valid = self.data.valid_batches(self.device)?;
+        let valid = if self.config.eval {
+            Some(self.data.valid_batches(self.device)?)
+        } else {
+            None
+        };
         tracing::info!(
             steps_per_epoch = train.len(),
-            tokens_per_step = train.batch_size() as usize * self.seq_len(&train),
+            tokens_per_step = train.get(0).map(|b| b.targets.numel()),
             epochs = self.config.epochs,
+            accumulate = self.config.accumulate,
+            start_step = self.pos.step,
             "training"
         );
         let mut epochs = Vec::new();
-        for epoch in 1..=self.config.epochs {
-            let (train_loss, train_seconds, tokens) = self.train_epoch(epoch, &train)?;
-            let t = Instant::now();
-            let valid_stats = self.evaluate(&valid)?;
-            let stats = EpochStats {
-                epoch,
-                step: self.step,
-                train_loss,
-                valid: valid_stats,
-                tokens_per_sec: tokens as f64 / train_seconds.max(1e-9),
-                lr: self.optimizer.lr(),
-                train_seconds,
-                eval_seconds: t.elapsed().as_secs_f64(),
+        let mut stop: Option<String> = None;
+        while self.pos.epoch <= self.config.epochs && stop.is_none() && !self.max_steps_reached() {
+            let epoch = self.pos.epoch;
+            let mut state = match self.resume_state.take() {
+                Some(s) if self.pos.window > 0 => s,
+                _ => self.model.initial_state(train.batch_size(), self.device),
             };
-            tracing::info!(
-                epoch,
-                step = self.step,
-                train_loss = format!("{:.4}", stats.train_loss),
-                valid_loss = format!("{:.4}", stats.valid.loss),
-                valid_ppl = format!("{:.2}", stats.valid.perplexity),
-                tokens_per_sec = format!("{:.0}", stats.tokens_per_sec),
-                lr = stats.lr,
-                train_s = format!("{:.1}", stats.train_seconds),
-                eval_s = format!("{:.1}", stats.eval_seconds),
-                "epoch done"
-            );
-            self.write_epoch(&stats)?;
-            epochs.push(stats);
-            if self.max_steps_reached() {
+            let mut teacher_state = self
+                .teacher
+                .as_ref()
+                .map(|t| t.initial_state(train.batch_size(), self.device));
+            if self.pos.window == 0 {
+                self.pos.epoch_loss_sum = 0.0;
+                self.pos.epoch_steps = 0;
+                self.pos.epoch_tokens = 0;
+                self.pos.epoch_seconds = 0.0;
+            }
+            let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
+            let mut last_step_end = Instant::now();
+            let mut epoch_done = true;
+            for batch in train.iter_from(self.pos.window) {
+                let t0 = Instant::now();
+                let (loss, skipped) =
+                    self.train_step(&batch, &mut state, teacher_state.as_mut(), epoch)?;
+                self.pos.step += 1;
+                self.pos.window = batch.index + 1;
+                if skipped {
+                    self.pos.skipped_steps += 1;
+                } else {
+                    loss_sum += loss.to_kind(Kind::Double);
+                    self.pos.epoch_steps += 1;
+                }
+                let tokens = batch.targets.numel() as u64;
+                self.pos.epoch_tokens += tokens;
+                let step_seconds = last_step_end.elapsed().as_secs_f64();
+                last_step_end = Instant::now();
+                self.pos.epoch_seconds += t0.elapsed().as_secs_f64();
+                if self.first_step_seconds.is_none() {
+                    self.first_step_seconds = Some(
+                        run_dir::process_age_seconds()
+                            .unwrap_or_else(|| self.started.elapsed().as_secs_f64()),
+                    );
+                }
+                let event = StepEvent {
+                    epoch,
+                    step: self.pos.step,
+                    window: batch.index,
+                    windows: train.len(),
+                    loss: &loss,
+                    lr: self.optimizer.lr(),
+                    tokens,
+                    step_seconds,
+                    elapsed_seconds: self.started.elapsed().as_secs_f64(),
+                };
+                let mut actions = Vec::new();
+                for c in &mut self.callbacks {
+                    actions.extend(c.on_step_end(&event)?);
+                }
+                stop = stop.or_else(|| first_stop(&actions));
+                let mid_eval = self.config.eval_every > 0
+                    && self.pos.step.is_multiple_of(self.config.eval_every)
+                    && self.pos.window < train.len();
+                if mid_eval {
+                    self.pos.epoch_loss_sum += loss_sum.double_value(&[]);
+                    loss_sum = loss_sum.zeros_like();
+                    if let Some(s) = self.validate_and_checkpoint(valid.as_ref(), Some(&state))? {
+                        stop = stop.or(Some(s));
+                    }
+                }
+                if stop.is_some() || self.max_steps_reached() {
+                    epoch_done = self.pos.window >= train.len();
+                    break;
+                }
+            }
+            self.pos.epoch_loss_sum += loss_sum.double_value(&[]);
+            if !epoch_done {
+                // Stopped mid-epoch: keep the position and hidden state so a resume continues
+                // here. The validation reported for this partial epoch does not count towards
+                // the best metric or early stopping, so a resumed run behaves as an
+                // uninterrupted one.
+                self.save_checkpoint(None, Some(&state))?;
+                let valid_stats = valid.as_ref().map(|v| self.evaluate(v)).transpose()?;
+                let stats = EpochStats {
+                    epoch,
+                    step: self.pos.step,
+                    complete: false,
+                    train_loss: self.pos.epoch_loss_sum / self.pos.epoch_steps.max(1) as f64,
+                    valid: valid_stats,
+                    tokens_per_sec: self.pos.epoch_tokens as f64 / self.pos.epoch_seconds.max(1e-9),
+                    lr: self.optimizer.lr(),
+                    train_seconds: self.pos.epoch_seconds,
+                };
+                tracing::info!(
+                    epoch,
+                    step = self.pos.step,
+                    train_loss = format!("{:.4}", stats.train_loss),
+                    valid_loss = stats.valid.map(|v| format!("{:.4}", v.loss)),
+                    valid_ppl = stats.valid.map(|v| format!("{:.2}", v.perplexity)),
+                    tokens_per_sec = format!("{:.0}", stats.tokens_per_sec),
+                    "stopped mid-epoch"
+                );
+                epochs.push(stats);
                 break;
             }
+            let train_loss = self.pos.epoch_loss_sum / self.pos.epoch_steps.max(1) as f64;
+            if !train_loss.is_finite() && self.config.on_non_finite == OnNonFinite::Stop {
+                return Err(TrainerError::NonFinite {
+                    step: self.pos.step,
+                    epoch,
+                    value: train_loss,
+                });
+            }
+            let stats_tokens = self.pos.epoch_tokens;
+            let stats_seconds = self.pos.epoch_seconds;
+            self.pos.epoch += 1;
+            self.pos.window = 0;
+            let valid_stats = match self.validate_and_checkpoint(valid.as_ref(), None)? {
+                Some(reason) => {
+                    stop = stop.or(Some(reason));
+                    self.last_valid
+                }
+                None => self.last_valid,
+            };
+            let stats = EpochStats {
+                epoch,
+                step: self.pos.step,
+                complete: true,
+                train_loss,
+                valid: valid_stats,
+                tokens_per_sec: stats_tokens as f64 / stats_seconds.max(1e-9),
+                lr: self.optimizer.lr(),
+                train_seconds: stats_seconds,
+            };
+            let mut actions = Vec::new();
+            for c in &mut self.callbacks {
+                actions.extend(c.on_epoch_end(&stats)?);
+            }
+            stop = stop.or_else(|| first_stop(&actions));
+            epochs.push(stats);
+        }
+        if let Some(reason) = &stop {
+            tracing::info!(step = self.pos.step, "{reason}");
+        }
+        if let Some(dir) = &self.run_dir {
+            run_dir::save_weights(&self.vs, &dir.join(files::WEIGHTS))?;
         }
         let test = match self.data.test_batches(self.device) {
             Some(batches) => {
@@ -275,64 +524,96 @@ impl Trainer {
                 if let Some(dir) = &self.run_dir {
                     run_dir::append_metrics(
                         &dir.join(files::METRICS),
-                        &serde_json::json!({"split": "test", "step": self.step, "test": s}),
+                        &serde_json::json!({"kind": "test", "step": self.pos.step, "loss": s.loss,
+                            "perplexity": s.perplexity, "bits": s.bits, "tokens": s.tokens}),
                     )?;
                 }
                 Some(s)
             }
             None => None,
         };
-        Ok(FitSummary {
+        let summary = FitSummary {
             epochs,
+            best_valid_loss: self.pos.best_valid_loss,
             test,
+            steps: self.pos.step,
+            skipped_steps: self.pos.skipped_steps,
+            stopped_early: stop,
             run_dir: self.run_dir.clone(),
-        })
-    }
-
-    fn seq_len(&self, b: &BpttBatches) -> usize {
-        b.get(0).map(|w| w.inputs.size()[1] as usize).unwrap_or(0)
-    }
-
-    fn max_steps_reached(&self) -> bool {
-        self.config.max_steps > 0 && self.step >= self.config.max_steps
-    }
-
-    fn write_epoch(&self, stats: &EpochStats) -> Result<(), TrainerError> {
+        };
         if let Some(dir) = &self.run_dir {
-            run_dir::save_weights(&self.vs, &dir.join(files::WEIGHTS))?;
-            run_dir::append_metrics(
-                &dir.join(files::METRICS),
-                &serde_json::to_value(stats).map_err(|e| TrainerError::io(dir, e))?,
-            )?;
+            let record = serde_json::json!({
+                "steps": summary.steps,
+                "skipped_steps": summary.skipped_steps,
+                "best_valid_loss": summary.best_valid_loss,
+                "final_epoch": summary.epochs.last(),
+                "test": summary.test,
+                "stopped_early": summary.stopped_early,
+                "peak_rss_mib": run_dir::peak_rss_mib(),
+                "first_step_s": self.first_step_seconds,
+                "wall_s": self.started.elapsed().as_secs_f64(),
+                "device": format!("{:?}", self.device),
+                "threads": tch::get_num_threads(),
+            });
+            let json = serde_json::to_vec_pretty(&record).map_err(|e| TrainerError::io(dir, e))?;
+            run_dir::write_atomically(&dir.join(files::SUMMARY), &json)?;
         }
-        Ok(())
+        Ok(summary)
     }
 
-    /// One pass over `batches`; returns (mean training loss, seconds, target tokens).
-    fn train_epoch(
+    /// One optimiser step on `batch` (split into `accumulate` micro-batches); updates `state`.
+    /// Returns the step's loss (detached) and whether the update was skipped.
+    fn train_step(
         &mut self,
+        batch: &BpttBatch,
+        state: &mut HiddenState,
+        teacher_state: Option<&mut HiddenState>,
         epoch: u64,
-        batches: &BpttBatches,
-    ) -> Result<(f64, f64, u64), TrainerError> {
-        let start = Instant::now();
-        let mut state = self.model.initial_state(batches.batch_size(), self.device);
-        // Summed on the device; read only when logging, so steps need not wait for the host.
-        let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
-        let mut window_sum = Tensor::zeros([], (Kind::Double, self.device));
-        let (mut steps, mut window_steps, mut tokens) = (0u64, 0u64, 0u64);
-        let mut window_start = Instant::now();
-        let check_every_step = self.device == Device::Cpu;
-        for batch in batches.iter() {
-            let out = self.model.forward(&batch.inputs, &state.detach(), true)?;
-            let loss = {
-                let input = LossInput::from_hidden(
-                    &out.hidden,
-                    &out.head.weight,
-                    out.head.bias.as_ref(),
-                    &batch.targets,
-                );
-                self.loss.forward(&input)?.loss
+    ) -> Result<(Tensor, bool), TrainerError> {
+        // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
+        tch::manual_seed(self.config.seed.wrapping_add(self.pos.step as i64));
+        let k = self.config.accumulate as i64;
+        let inputs = batch.inputs.chunk(k, 0);
+        let targets = batch.targets.chunk(k, 0);
+        let states = state.chunk(k);
+        let teacher_states = teacher_state.as_ref().map(|s| s.chunk(k));
+        // The whole batch's token count normalises every micro-batch's mean, so the summed
+        // gradient equals the full batch's (never an average of micro-batch means).
+        let normalizer =
+            (k > 1).then(|| Tensor::from(batch.targets.numel() as f64).to_device(self.device));
+        self.optimizer.zero_grad();
+        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        let mut new_states = Vec::with_capacity(k as usize);
+        let mut new_teacher_states = Vec::new();
+        for i in 0..k as usize {
+            let out = if self.config.precision == Precision::Bf16 {
+                tch::autocast(true, || {
+                    self.model.forward(&inputs[i], &states[i].detach(), true)
+                })?
+            } else {
+                self.model.forward(&inputs[i], &states[i].detach(), true)?
             };
+            let teacher_logits = match (&self.teacher, &teacher_states) {
+                (Some(t), Some(ts)) => {
+                    let (logits, s) = t.logits(&inputs[i], &ts[i])?;
+                    new_teacher_states.push(s);
+                    Some(logits)
+                }
+                _ => None,
+            };
+            let mut input = LossInput::from_hidden(
+                &out.hidden,
+                &out.head.weight,
+                out.head.bias.as_ref(),
+                &targets[i],
+            );
+            if let Some(n) = &normalizer {
+                input = input.with_normalizer(n);
+            }
+            if let Some(t) = &teacher_logits {
+                input = input.with_teacher_logits(t);
+            }
+            let loss = self.loss.forward(&input)?.loss;
             if loss.dim() != 0 {
                 return Err(TrainerError::Config {
                     source_name: "[loss]".into(),
@@ -341,66 +622,152 @@ impl Trainer {
                             .into(),
                 });
             }
-            self.optimizer.zero_grad();
             loss.f_backward()?;
-            if self.config.clip_grad_norm > 0.0 {
-                let norm = clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?;
-                if check_every_step && !norm.double_value(&[]).is_finite() {
-                    tracing::warn!(
-                        step = self.step + 1,
-                        "gradient norm is not finite; gradients left unclipped"
-                    );
+            total += loss.detach().to_kind(Kind::Float);
+            new_states.push(out.state);
+        }
+        *state = HiddenState::cat(&new_states);
+        if let Some(ts) = teacher_state {
+            *ts = HiddenState::cat(&new_teacher_states);
+        }
+        // On the CPU reading the loss costs nothing (the step has finished); on CUDA it is read
+        // only when skipping needs it, so steps do not wait for the host.
+        let check = self.device == Device::Cpu || self.config.on_non_finite == OnNonFinite::Skip;
+        if check {
+            let v = total.double_value(&[]);
+            if !v.is_finite() {
+                match self.config.on_non_finite {
+                    OnNonFinite::Stop => {
+                        return Err(TrainerError::NonFinite {
+                            step: self.pos.step + 1,
+                            epoch,
+                            value: v,
+                        })
+                    }
+                    OnNonFinite::Skip => {
+                        tracing::warn!(
+                            step = self.pos.step + 1,
+                            value = v,
+                            "non-finite loss: batch skipped"
+                        );
+                        self.optimizer.zero_grad();
+                        return Ok((total, true));
+                    }
                 }
             }
-            self.optimizer.step()?;
-            state = out.state;
-            let detached = loss.detach().to_kind(Kind::Double);
-            loss_sum += &detached;
-            window_sum += &detached;
-            steps += 1;
-            window_steps += 1;
-            self.step += 1;
-            tokens += batch.targets.numel() as u64;
-            let log_now =
-                self.config.log_every > 0 && self.step.is_multiple_of(self.config.log_every);
-            if check_every_step || log_now {
-                let v = detached.double_value(&[]);
-                if !v.is_finite() {
-                    return Err(TrainerError::NonFinite {
-                        step: self.step,
-                        epoch,
-                        value: v,
-                    });
-                }
-            }
-            if log_now {
-                let secs = window_start.elapsed().as_secs_f64();
-                let tok = window_steps as f64 * batch.targets.numel() as f64;
-                tracing::info!(
-                    epoch,
-                    step = self.step,
-                    loss = format!("{:.4}", window_sum.double_value(&[]) / window_steps as f64),
-                    tokens_per_sec = format!("{:.0}", tok / secs.max(1e-9)),
-                    lr = self.optimizer.lr(),
-                    "train"
+        }
+        if self.config.clip_grad_value > 0.0 {
+            clip_grad_value(self.optimizer.params(), self.config.clip_grad_value)?;
+        }
+        if self.config.clip_grad_norm > 0.0 {
+            let norm = clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?;
+            if self.device == Device::Cpu && !norm.double_value(&[]).is_finite() {
+                tracing::warn!(
+                    step = self.pos.step + 1,
+                    "gradient norm is not finite; gradients left unclipped"
                 );
-                window_sum = Tensor::zeros([], (Kind::Double, self.device));
-                window_steps = 0;
-                window_start = Instant::now();
-            }
-            if self.max_steps_reached() {
-                break;
             }
         }
-        let mean = loss_sum.double_value(&[]) / steps.max(1) as f64;
-        if !mean.is_finite() {
-            return Err(TrainerError::NonFinite {
-                step: self.step,
-                epoch,
-                value: mean,
-            });
+        if let Some(s) = &self.schedule {
+            self.optimizer.set_lr(s.lr(self.pos.step as i64));
         }
-        Ok((mean, start.elapsed().as_secs_f64(), tokens))
+        self.optimizer.step()?;
+        Ok((total, false))
+    }
+
+    /// Validates (if enabled), updates the best metric and the schedule, writes a checkpoint
+    /// (and `best`), and runs the callbacks. Returns a stop reason if a callback asked for one.
+    fn validate_and_checkpoint(
+        &mut self,
+        valid: Option<&BpttBatches>,
+        hidden: Option<&HiddenState>,
+    ) -> Result<Option<String>, TrainerError> {
+        let mut stop = None;
+        let mut improved = false;
+        self.last_valid = None;
+        if let Some(v) = valid {
+            let t = Instant::now();
+            let stats = self.evaluate(v)?;
+            improved = self.pos.best_valid_loss.is_none_or(|b| stats.loss < b);
+            if improved {
+                self.pos.best_valid_loss = Some(stats.loss);
+                self.pos.evals_without_improvement = 0;
+            } else {
+                self.pos.evals_without_improvement += 1;
+            }
+            if let Some(s) = self.schedule.as_mut() {
+                s.on_validation(stats.loss);
+            }
+            self.pos.valid_loss = Some(stats.loss);
+            self.last_valid = Some(stats);
+            let event = EvalEvent {
+                epoch: self
+                    .pos
+                    .epoch
+                    .saturating_sub(u64::from(hidden.is_none()))
+                    .max(1),
+                step: self.pos.step,
+                stats,
+                improved,
+                evals_without_improvement: self.pos.evals_without_improvement,
+                seconds: t.elapsed().as_secs_f64(),
+            };
+            let mut actions = Vec::new();
+            for c in &mut self.callbacks {
+                actions.extend(c.on_eval_end(&event)?);
+            }
+            stop = first_stop(&actions);
+        }
+        self.save_checkpoint(improved.then_some(()), hidden)?;
+        Ok(stop)
+    }
+
+    fn save_checkpoint(
+        &mut self,
+        best: Option<()>,
+        hidden: Option<&HiddenState>,
+    ) -> Result<(), TrainerError> {
+        let Some(dir) = self.run_dir.clone() else {
+            return Ok(());
+        };
+        if !self.config.checkpoint {
+            return Ok(());
+        }
+        self.pos.optimizer_steps = self.optimizer.step_count();
+        self.pos.schedule_state = self
+            .schedule
+            .as_ref()
+            .map(|s| s.state())
+            .unwrap_or(serde_json::Value::Null);
+        let hidden = hidden.filter(|_| self.pos.window > 0);
+        let name = format!("step-{:08}", self.pos.step);
+        let path = checkpoint::save(
+            &dir,
+            &name,
+            &self.vs,
+            self.optimizer.as_ref(),
+            hidden,
+            &self.pos,
+        )?;
+        checkpoint::prune(&dir, self.config.keep_last.max(1));
+        if best.is_some() {
+            checkpoint::save(
+                &dir,
+                checkpoint::BEST,
+                &self.vs,
+                self.optimizer.as_ref(),
+                hidden,
+                &self.pos,
+            )?;
+        }
+        let event = CheckpointEvent {
+            path,
+            step: self.pos.step,
+        };
+        for c in &mut self.callbacks {
+            c.on_checkpoint(&event)?;
+        }
+        Ok(())
     }
 
     /// Mean NLL (nats per token) and perplexity of the model on `batches`, without gradients,
@@ -411,6 +778,15 @@ impl Trainer {
     pub fn evaluate(&self, batches: &BpttBatches) -> Result<EvalStats, TrainerError> {
         evaluate(self.model.as_ref(), batches, self.device)
     }
+}
+
+fn first_stop(actions: &[Action]) -> Option<String> {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::Stop { reason } => reason.clone(),
+        })
+        .next()
 }
 
 /// Mean NLL and perplexity of `model` on `batches` (no gradients, state carried across windows).
@@ -446,23 +822,11 @@ pub fn evaluate(
     })
 }
 
-/// A loss is serialised for the run's `config.toml` through its typetag form.
-fn serde_roundtrip_loss(loss: &dyn Loss) -> Result<Box<dyn Loss>, TrainerError> {
-    let v = serde_json::to_value(loss).map_err(|e| TrainerError::Config {
-        source_name: "[loss]".into(),
-        message: e.to_string(),
-    })?;
-    serde_json::from_value(v).map_err(|e| TrainerError::Config {
-        source_name: "[loss]".into(),
-        message: e.to_string(),
-    })
-}
-
-/// Loads the weights saved in a run directory into `vs` (names must match).
+/// Loads the weights saved in a run or checkpoint directory into `vs` (names must match).
 ///
 /// # Errors
 /// [`TrainerError::Io`] naming the file.
-pub fn load_weights(vs: &mut nn::VarStore, run_dir: &Path) -> Result<(), TrainerError> {
-    let path = run_dir.join(files::WEIGHTS);
+pub fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<(), TrainerError> {
+    let path = dir.join(files::WEIGHTS);
     vs.load(&path).map_err(|e| TrainerError::io(&path, e))
 }

@@ -20,3 +20,11 @@ pub fn write_config(dir: &tempfile::TempDir, body: &str) -> PathBuf {
     std::fs::write(&p, body).unwrap();
     p
 }
+
+/// libtorch's random generator is process-wide and the test harness runs tests on several
+/// threads: tests that train (and so draw initial weights and dropout masks) hold this lock so
+/// that seeded runs are reproducible.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

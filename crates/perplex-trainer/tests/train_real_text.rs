@@ -66,12 +66,13 @@ run_name = "small"
 
 #[test]
 fn short_run_beats_the_unigram_baseline_and_writes_its_run_directory() {
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = small_run(&dir, "softmax_cross_entropy");
     let data = LmData::load(&config.data).unwrap();
     let baseline = unigram_baseline(&data);
     let summary = Trainer::from_config(config).unwrap().fit().unwrap();
-    let valid = summary.epochs[0].valid.loss;
+    let valid = summary.epochs[0].valid.unwrap().loss;
     eprintln!("validation loss {valid:.4} nats/token, unigram baseline {baseline:.4}");
     assert!(
         valid < baseline,
@@ -90,6 +91,7 @@ fn short_run_beats_the_unigram_baseline_and_writes_its_run_directory() {
 
 #[test]
 fn seeded_cpu_runs_are_reproducible() {
+    let _serial = common::serial();
     let corpus = common::tiny_shakespeare();
     let run = || {
         let mut c = RunConfig {
@@ -115,7 +117,7 @@ fn seeded_cpu_runs_are_reproducible() {
         let dir = tempfile::tempdir().unwrap();
         c.trainer.run_dir = dir.path().to_path_buf();
         let s = Trainer::from_config(c).unwrap().fit().unwrap();
-        (s.epochs[0].train_loss, s.epochs[0].valid.loss)
+        (s.epochs[0].train_loss, s.epochs[0].valid.unwrap().loss)
     };
     assert_eq!(run(), run());
 }

@@ -1,0 +1,196 @@
+//! `perplex eval`: loss, perplexity and bits per token of a trained model on a split of its
+//! corpus or on any text file, with the tokens it found most surprising.
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use tch::Tensor;
+
+use perplex_trainer::{parse_device, LoadedModel, TokenLoss};
+
+/// Arguments of `perplex eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A run directory or one of its checkpoint directories (`RUN/checkpoints/NAME`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// `valid` or `test` (the run's corpus, re-read from the paths in its config, relative to
+    /// the working directory), or a UTF-8 text file to tokenize with the run's tokenizer and
+    /// vocabulary (write `./valid` for a file of that name).
+    #[arg(long, default_value = "valid")]
+    pub split: String,
+    /// Write `position<TAB>token<TAB>nll_nats` for every scored token to this TSV file
+    /// (tokens escaped: `\n`, `\t`, `\r`, `\\`).
+    #[arg(long, value_name = "OUT.tsv")]
+    pub per_token: Option<PathBuf>,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Independent streams the text is cut into (each starts from a fresh state); default: the
+    /// run's evaluation batch size, lowered when the text is too short for it.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// How many of the most surprising tokens to list.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+/// Runs `perplex eval`.
+///
+/// # Errors
+/// A checkpoint that cannot be loaded, a split or file that cannot be read or is too short, a
+/// per-token file that cannot be written.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let model = LoadedModel::load(&args.checkpoint, device)
+        .with_context(|| format!("loading the model in {}", args.checkpoint.display()))?;
+    let (ids, what) = match args.split.as_str() {
+        "valid" | "test" => {
+            let ids = model
+                .split_ids(&args.split)
+                .with_context(|| format!("reading the {} split of the run's corpus", args.split))?;
+            (ids, format!("{} split", args.split))
+        }
+        file => {
+            let path = PathBuf::from(file);
+            let text = perplex_data::corpus::read_text(&path).with_context(|| {
+                format!("reading --split {file} (not `valid` or `test`, so a file)")
+            })?;
+            (model.encode(&text), path.display().to_string())
+        }
+    };
+    let n = ids.size1()? as usize;
+    if n < 2 {
+        bail!("{what} has {n} token(s): at least 2 are needed to score one");
+    }
+    let data = &model.config.data;
+    let seq_len = data.seq_len;
+    let wanted = args
+        .batch_size
+        .unwrap_or(data.eval_batch_size.unwrap_or(data.batch_size));
+    if wanted == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    // Each stream needs two tokens (one input, one target).
+    let batch_size = wanted.min(n / 2).max(1);
+    if batch_size < wanted {
+        eprintln!(
+            "note: {what} has {n} tokens, too few for {wanted} streams; scoring it as {batch_size}"
+        );
+    }
+    let losses = model.token_losses(&ids, batch_size, seq_len)?;
+    let unit = model.tokenizer_kind().unit();
+    let unknown = Vec::<i64>::try_from(&ids)?
+        .iter()
+        .filter(|&&i| i == 0)
+        .count();
+
+    let sum: f64 = losses.iter().map(|t| t.nll).sum();
+    let count = losses.len();
+    let loss = sum / count.max(1) as f64;
+    println!("checkpoint   {}", model.weights.display());
+    println!(
+        "scored       {what}: {count} of {n} {unit}s ({batch_size} streams x windows of {seq_len}), {:.2}% <unk>",
+        100.0 * unknown as f64 / n as f64
+    );
+    println!();
+    let rows = [
+        (format!("loss (nats per {unit})"), format!("{loss:.4}")),
+        ("perplexity".to_string(), format!("{:.2}", loss.exp())),
+        (
+            format!("bits per {unit}"),
+            format!("{:.4}", loss / std::f64::consts::LN_2),
+        ),
+    ];
+    println!("{:<24} {:>12}", "metric", "value");
+    println!("{:<24} {:>12}", "-".repeat(24), "-".repeat(12));
+    for (k, v) in &rows {
+        println!("{k:<24} {v:>12}");
+    }
+
+    if args.top > 0 {
+        println!();
+        print!("{}", surprising(&model, &ids, &losses, args.top)?);
+    }
+    if let Some(out) = &args.per_token {
+        let mut tsv = String::from("position\ttoken\tnll_nats\n");
+        for t in &losses {
+            let token = model.vocab.token(t.id).unwrap_or("<unk>");
+            writeln!(tsv, "{}\t{}\t{:.6}", t.position, escape(token), t.nll)?;
+        }
+        perplex_trainer::run_dir::write_atomically(out, tsv.as_bytes())?;
+        println!();
+        println!("per-token losses: {} ({count} rows)", out.display());
+    }
+    Ok(())
+}
+
+/// A table of the `top` tokens with the highest NLL, with the text before each.
+fn surprising(
+    model: &LoadedModel,
+    ids: &Tensor,
+    losses: &[TokenLoss],
+    top: usize,
+) -> anyhow::Result<String> {
+    let all = Vec::<i64>::try_from(ids)?;
+    let mut worst: Vec<&TokenLoss> = losses.iter().collect();
+    worst.sort_by(|a, b| b.nll.total_cmp(&a.nll));
+    worst.truncate(top);
+    let context_tokens = match model.tokenizer_kind() {
+        perplex_data::TokenizerKind::Word => 6,
+        perplex_data::TokenizerKind::Char => 24,
+    };
+    let tokenizer = model.tokenizer_kind().tokenizer();
+    let mut s = String::new();
+    writeln!(s, "most surprising {}s:", model.tokenizer_kind().unit())?;
+    writeln!(
+        s,
+        "{:>4} {:>9} {:>10} {:>8}  {:<16} context",
+        "rank", "position", "nll (nats)", "p", "token"
+    )?;
+    for (rank, t) in worst.iter().enumerate() {
+        let from = t.position.saturating_sub(context_tokens);
+        let before: Vec<&str> = all[from..t.position]
+            .iter()
+            .map(|&i| model.vocab.token(i).unwrap_or("<unk>"))
+            .collect();
+        let token = model.vocab.token(t.id).unwrap_or("<unk>");
+        writeln!(
+            s,
+            "{:>4} {:>9} {:>10.3} {:>8.1e}  {:<16} …{}",
+            rank + 1,
+            t.position,
+            t.nll,
+            (-t.nll).exp(),
+            format!("{token:?}"),
+            escape(&tokenizer.detokenize(&before)),
+        )?;
+    }
+    Ok(s)
+}
+
+/// A token made safe for one TSV cell or one line of a table.
+fn escape(token: &str) -> String {
+    let mut out = String::with_capacity(token.len());
+    for c in token.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_one_token_per_cell() {
+        assert_eq!(escape("a\tb\nc\\"), "a\\tb\\nc\\\\");
+        assert_eq!(escape("word"), "word");
+    }
+}

@@ -1,0 +1,662 @@
+//! Using a trained model: load a run or checkpoint directory, score text, generate text.
+//!
+//! A run directory holds `config.toml`, `vocab.json` and `model.safetensors`; a checkpoint
+//! directory (`RUN/checkpoints/<name>/`) holds its own `model.safetensors` and shares the run's
+//! config and vocabulary, which [`LoadedModel::load`] finds up to two levels above it.
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Device, Kind, Tensor};
+
+use perplex_data::{
+    batch::ids_to_tensor, BpttBatches, LmData, Tokenizer, TokenizerKind, Vocabulary, WordTokenizer,
+};
+use perplex_model::{HiddenState, LanguageModel};
+
+use crate::{evaluate, EvalStats, RunConfig, TrainerError};
+
+/// File names a model directory is read from (the writer's names, `run_dir::files`).
+const CONFIG: &str = "config.toml";
+const VOCAB: &str = "vocab.json";
+const WEIGHTS: &str = "model.safetensors";
+
+/// How many directories above a checkpoint directory `config.toml` and `vocab.json` may be:
+/// `RUN/checkpoints/<name>/` is two below `RUN/`.
+const MAX_LEVELS_UP: usize = 2;
+
+/// A trained model ready for evaluation and generation, rebuilt from its run's files.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The run's resolved config (`config.toml`).
+    pub config: RunConfig,
+    /// The run's vocabulary (`vocab.json`).
+    pub vocab: Vocabulary,
+    /// The model's variables, loaded from `model.safetensors`.
+    pub vs: nn::VarStore,
+    /// The model, built from `config.model`.
+    pub model: Box<dyn LanguageModel>,
+    /// Where the model runs.
+    pub device: Device,
+    /// The weights file that was loaded.
+    pub weights: PathBuf,
+}
+
+/// The negative log-likelihood of one scored token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLoss {
+    /// Index of the token in the scored stream (from 0; the first token of each of the
+    /// `batch_size` columns is context only and never scored).
+    pub position: usize,
+    /// The token's vocabulary id.
+    pub id: i64,
+    /// `-ln p(token | everything before it in its column)`, nats.
+    pub nll: f64,
+}
+
+/// How [`LoadedModel::generate`] picks each next token.
+///
+/// Filters apply in the order of `transformers`' `generate`: banned ids, temperature, top-k,
+/// top-p; then a token is drawn from the softmax of what is left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingOptions {
+    /// Tokens to generate after the prompt. Default 200.
+    pub max_tokens: usize,
+    /// Logits are divided by this; 0 means greedy (always the most likely token). Default 1.0.
+    pub temperature: f64,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all. Default 0.
+    pub top_k: usize,
+    /// Nucleus sampling (Holtzman et al. 2019): keep the most likely tokens whose probabilities
+    /// sum to at least `top_p`, in `(0, 1]`; 1 keeps all. Default 1.0.
+    pub top_p: f64,
+    /// Seed of libtorch's generator (`torch.manual_seed`): the same seed, model and device give
+    /// the same text. Default 0.
+    pub seed: i64,
+    /// Vocabulary ids that are never generated (their logits are set to `-inf`). Default none.
+    pub banned_ids: Vec<i64>,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 200,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            banned_ids: Vec::new(),
+        }
+    }
+}
+
+/// What [`LoadedModel::sample`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The prompt's ids as fed to the model (unknown tokens are `<unk>`, id 0).
+    pub prompt_ids: Vec<i64>,
+    /// Prompt tokens that are not in the vocabulary.
+    pub prompt_unknown: usize,
+    /// The generated ids, `max_tokens` of them.
+    pub ids: Vec<i64>,
+    /// Prompt and continuation as text ([`Tokenizer::detokenize`]).
+    pub text: String,
+}
+
+impl LoadedModel {
+    /// Loads the model in `dir`, a run directory or a checkpoint directory: `model.safetensors`
+    /// from `dir`, `config.toml` and `vocab.json` from `dir` or one of its two parents.
+    ///
+    /// # Errors
+    /// [`TrainerError::Io`] naming the missing directory or file (or the weights file whose
+    /// variables do not match the model the config describes), [`TrainerError::Config`] for an
+    /// unreadable config, [`TrainerError::Data`] for an unreadable vocabulary.
+    pub fn load(dir: &Path, device: Device) -> Result<Self, TrainerError> {
+        if !dir.is_dir() {
+            return Err(TrainerError::Io {
+                path: dir.to_path_buf(),
+                message: "no such directory (expected a run directory or a checkpoint directory \
+                          holding model.safetensors)"
+                    .into(),
+            });
+        }
+        let weights = dir.join(WEIGHTS);
+        if !weights.is_file() {
+            return Err(TrainerError::Io {
+                path: weights,
+                message: "file not found (has the run finished an epoch or saved a checkpoint?)"
+                    .into(),
+            });
+        }
+        let config_path = find_upwards(dir, CONFIG)?;
+        let vocab_path = find_upwards(dir, VOCAB)?;
+        let config = RunConfig::load(Some(&config_path), &[])?;
+        let vocab = Vocabulary::load(&vocab_path)?;
+        let mut vs = nn::VarStore::new(device);
+        let model = config.model.build(&vs.root(), vocab.len() as i64)?;
+        vs.load(&weights).map_err(|e| TrainerError::Io {
+            path: weights.clone(),
+            message: format!(
+                "the weights do not fit the model of {} with the {} tokens of {}: {e}",
+                config_path.display(),
+                vocab.len(),
+                vocab_path.display()
+            ),
+        })?;
+        Ok(Self {
+            config,
+            vocab,
+            vs,
+            model,
+            device,
+            weights,
+        })
+    }
+
+    /// The run's tokenizer (`[data] tokenizer`).
+    pub fn tokenizer_kind(&self) -> TokenizerKind {
+        self.config.data.tokenizer
+    }
+
+    /// Tokenizes `text` with the run's tokenizer and encodes it with the run's vocabulary:
+    /// int64 `[n]` on the CPU, unknown tokens as `<unk>` (0).
+    pub fn encode(&self, text: &str) -> Tensor {
+        let tokens = self.tokenizer_kind().tokenizer().tokenize(text);
+        ids_to_tensor(&self.vocab.encode(&tokens))
+    }
+
+    /// The ids of a split of the run's corpus (`valid` or `test`), re-read and re-tokenized from
+    /// the paths in the run's config (relative paths are relative to the working directory), in
+    /// the run's vocabulary.
+    ///
+    /// # Errors
+    /// [`TrainerError::Config`] for another split name or a corpus without a test split;
+    /// [`TrainerError::Data`] when the corpus cannot be read.
+    pub fn split_ids(&self, split: &str) -> Result<Tensor, TrainerError> {
+        let data = LmData::load(&self.config.data)?;
+        let ids = match split {
+            "valid" => data.valid.shallow_clone(),
+            "test" => data
+                .test
+                .as_ref()
+                .map(Tensor::shallow_clone)
+                .ok_or_else(|| TrainerError::Config {
+                    source_name: "[data]".into(),
+                    message: format!(
+                        "the run's corpus has no test split (splits = {:?}; give 3 fractions \
+                         or a `test` file)",
+                        self.config.data.splits
+                    ),
+                })?,
+            other => {
+                return Err(TrainerError::Config {
+                    source_name: "split".into(),
+                    message: format!("unknown split `{other}`: expected `valid` or `test`"),
+                })
+            }
+        };
+        // The corpus rebuilds its vocabulary from the training split; map its ids to the run's
+        // own, so that a corpus edited since training is still scored in the model's vocabulary.
+        if data.vocab == self.vocab {
+            return Ok(ids);
+        }
+        tracing::warn!(
+            "the corpus now gives a different vocabulary than the run's vocab.json; \
+             mapping its tokens to the run's ids"
+        );
+        let map: Vec<i64> = data
+            .vocab
+            .tokens()
+            .iter()
+            .map(|t| self.vocab.id(t))
+            .collect();
+        Ok(ids_to_tensor(&map).f_index_select(0, &ids)?)
+    }
+
+    /// BPTT windows over `ids` (int64 `[n]`) for evaluation: `batch_size` columns read
+    /// `seq_len` tokens at a time, the last window possibly shorter.
+    ///
+    /// # Errors
+    /// [`TrainerError::Data`] when `ids` cannot fill two tokens per column.
+    pub fn batches(
+        &self,
+        ids: &Tensor,
+        batch_size: usize,
+        seq_len: usize,
+        name: &str,
+    ) -> Result<BpttBatches, TrainerError> {
+        Ok(BpttBatches::new(
+            ids,
+            batch_size,
+            seq_len,
+            false,
+            name,
+            self.device,
+        )?)
+    }
+
+    /// Mean NLL, perplexity and bits per token of the model on `batches`, exactly as the trainer
+    /// validates ([`evaluate`]).
+    ///
+    /// # Errors
+    /// Model and loss errors.
+    pub fn evaluate(&self, batches: &BpttBatches) -> Result<EvalStats, TrainerError> {
+        evaluate(self.model.as_ref(), batches, self.device)
+    }
+
+    /// The NLL of every scored token of `ids` (int64 `[n]`), read as [`LoadedModel::batches`]
+    /// cuts it, the hidden state carried from window to window; sorted by position. The mean of
+    /// the `nll`s is [`LoadedModel::evaluate`]'s loss on the same batches.
+    ///
+    /// # Errors
+    /// [`TrainerError::Data`] when `ids` is too short for `batch_size`; model errors.
+    pub fn token_losses(
+        &self,
+        ids: &Tensor,
+        batch_size: usize,
+        seq_len: usize,
+    ) -> Result<Vec<TokenLoss>, TrainerError> {
+        let batches = self.batches(ids, batch_size, seq_len, "scored text")?;
+        let columns = ids.size1()? as usize / batch_size;
+        let mut out = Vec::with_capacity(batches.tokens_per_pass());
+        tch::no_grad(|| -> Result<(), TrainerError> {
+            let mut state = self.model.initial_state(batches.batch_size(), self.device);
+            for batch in batches.iter() {
+                let result = self.model.forward(&batch.inputs, &state, false)?;
+                let logits = result.logits();
+                let vocab = logits.size()[2];
+                let nll = logits
+                    .f_view([-1, vocab])?
+                    .f_to_kind(Kind::Float)?
+                    .f_cross_entropy_loss(
+                        &batch.targets.f_reshape([-1])?,
+                        None::<Tensor>,
+                        tch::Reduction::None,
+                        -100,
+                        0.0,
+                    )?;
+                let nll =
+                    Vec::<f64>::try_from(nll.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
+                let targets =
+                    Vec::<i64>::try_from(batch.targets.f_reshape([-1])?.f_to_device(Device::Cpu)?)?;
+                let len = batch.targets.size()[1] as usize;
+                let start = batch.index * seq_len;
+                for (k, (&id, &loss)) in targets.iter().zip(&nll).enumerate() {
+                    let (row, t) = (k / len, k % len);
+                    out.push(TokenLoss {
+                        position: row * columns + start + t + 1,
+                        id,
+                        nll: loss,
+                    });
+                }
+                state = result.state;
+            }
+            Ok(())
+        })?;
+        out.sort_by_key(|t| t.position);
+        Ok(out)
+    }
+
+    /// Continues `prompt` and returns prompt and continuation as text; see
+    /// [`LoadedModel::sample`].
+    ///
+    /// # Errors
+    /// As [`LoadedModel::sample`].
+    pub fn generate(
+        &self,
+        prompt: &str,
+        options: &SamplingOptions,
+    ) -> Result<String, TrainerError> {
+        Ok(self.sample(prompt, options)?.text)
+    }
+
+    /// Continues `prompt` by `options.max_tokens` tokens.
+    ///
+    /// The prompt is tokenized with the run's tokenizer (at word level the `<eos>` the tokenizer
+    /// adds after the last line is dropped, so generation continues the prompt's last line) and
+    /// run through the model; each next token is then drawn as [`SamplingOptions`] says and fed
+    /// back. An empty prompt starts from a line break (`<eos>` or `\n`).
+    ///
+    /// # Errors
+    /// [`TrainerError::Config`] for a negative or non-finite temperature, a `top_p` outside
+    /// `(0, 1]`, a banned id outside the vocabulary, every id banned, or an empty prompt when the
+    /// vocabulary has no line break; model errors.
+    pub fn sample(
+        &self,
+        prompt: &str,
+        options: &SamplingOptions,
+    ) -> Result<Generation, TrainerError> {
+        let vocab_size = self.vocab.len() as i64;
+        check_options(options, vocab_size)?;
+        let kind = self.tokenizer_kind();
+        let tokenizer = kind.tokenizer();
+        let mut prompt_tokens = tokenizer.tokenize(prompt);
+        if kind == TokenizerKind::Word
+            && prompt_tokens.last().map(String::as_str) == Some(WordTokenizer::EOS)
+        {
+            prompt_tokens.pop();
+        }
+        let prompt_unknown = prompt_tokens
+            .iter()
+            .filter(|t| !self.vocab.contains(t))
+            .count();
+        let prompt_ids = self.vocab.encode(&prompt_tokens);
+        let feed = if prompt_ids.is_empty() {
+            let line_break = match kind {
+                TokenizerKind::Word => WordTokenizer::EOS,
+                TokenizerKind::Char => "\n",
+            };
+            if !self.vocab.contains(line_break) {
+                return Err(TrainerError::Config {
+                    source_name: "prompt".into(),
+                    message: format!(
+                        "the prompt is empty and the vocabulary has no {line_break:?} to start from: give a prompt"
+                    ),
+                });
+            }
+            vec![self.vocab.id(line_break)]
+        } else {
+            prompt_ids.clone()
+        };
+        let ids = tch::no_grad(|| self.sample_ids(&feed, options))?;
+        let mut tokens: Vec<&str> = prompt_tokens.iter().map(String::as_str).collect();
+        tokens.extend(
+            ids.iter()
+                .map(|&i| self.vocab.token(i).unwrap_or(Vocabulary::UNK)),
+        );
+        Ok(Generation {
+            prompt_ids,
+            prompt_unknown,
+            text: tokenizer.detokenize(&tokens),
+            ids,
+        })
+    }
+
+    /// The sampling loop (under `no_grad`): `feed` must be non-empty.
+    fn sample_ids(
+        &self,
+        feed: &[i64],
+        options: &SamplingOptions,
+    ) -> Result<Vec<i64>, TrainerError> {
+        tch::manual_seed(options.seed);
+        let banned = (!options.banned_ids.is_empty())
+            .then(|| ids_to_tensor(&options.banned_ids).to_device(self.device));
+        let input = ids_to_tensor(feed)
+            .f_to_device(self.device)?
+            .f_view([1, -1])?;
+        let mut state: HiddenState = self.model.initial_state(1, self.device);
+        let mut logits = self.last_logits(&input, &mut state)?;
+        let mut out = Vec::with_capacity(options.max_tokens);
+        for _ in 0..options.max_tokens {
+            let next = pick(&logits, banned.as_ref(), options)?;
+            out.push(next);
+            let input = Tensor::from_slice(&[next])
+                .f_to_device(self.device)?
+                .f_view([1, 1])?;
+            logits = self.last_logits(&input, &mut state)?;
+        }
+        Ok(out)
+    }
+
+    /// Runs `input` `[1, n]` from `state`, updates `state` and returns the last position's logits
+    /// as float32 `[vocab]`.
+    fn last_logits(&self, input: &Tensor, state: &mut HiddenState) -> Result<Tensor, TrainerError> {
+        let out = self.model.forward(input, state, false)?;
+        let logits = out
+            .logits()
+            .f_select(0, 0)?
+            .f_select(0, -1)?
+            .f_to_kind(Kind::Float)?;
+        *state = out.state;
+        Ok(logits)
+    }
+}
+
+/// Validates sampling options against a vocabulary of `vocab_size` tokens.
+fn check_options(o: &SamplingOptions, vocab_size: i64) -> Result<(), TrainerError> {
+    let bad = |option: &str, message: String| TrainerError::Config {
+        source_name: option.into(),
+        message,
+    };
+    if !(o.temperature.is_finite() && o.temperature >= 0.0) {
+        return Err(bad(
+            "temperature",
+            format!("{} is not a finite number >= 0 (0 = greedy)", o.temperature),
+        ));
+    }
+    if o.top_p.is_nan() || o.top_p <= 0.0 || o.top_p > 1.0 {
+        return Err(bad(
+            "top_p",
+            format!("{} is not in (0, 1] (1 = no nucleus filtering)", o.top_p),
+        ));
+    }
+    if let Some(id) = o
+        .banned_ids
+        .iter()
+        .find(|&&i| !(0..vocab_size).contains(&i))
+    {
+        return Err(bad(
+            "banned ids",
+            format!("id {id} is not in the vocabulary (ids 0..{vocab_size})"),
+        ));
+    }
+    let mut distinct = o.banned_ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() as i64 >= vocab_size {
+        return Err(bad(
+            "banned ids",
+            format!("all {vocab_size} ids are banned: nothing is left to generate"),
+        ));
+    }
+    Ok(())
+}
+
+/// Picks the next id from float32 `logits` `[vocab]`.
+fn pick(
+    logits: &Tensor,
+    banned: Option<&Tensor>,
+    o: &SamplingOptions,
+) -> Result<i64, TrainerError> {
+    let mut logits = logits.shallow_clone();
+    if let Some(b) = banned {
+        logits = logits.f_index_fill(0, b, f64::NEG_INFINITY)?;
+    }
+    if o.temperature == 0.0 {
+        return Ok(logits.f_argmax(0, false)?.int64_value(&[]));
+    }
+    logits = logits.f_div_scalar(o.temperature)?;
+    let vocab = logits.size()[0];
+    if o.top_k > 0 && (o.top_k as i64) < vocab {
+        let (values, _) = logits.f_topk(o.top_k as i64, 0, true, true)?;
+        let kth = values.f_select(0, o.top_k as i64 - 1)?;
+        logits = logits.f_masked_fill(&logits.f_lt_tensor(&kth)?, f64::NEG_INFINITY)?;
+    }
+    if o.top_p < 1.0 {
+        let (sorted, order) = logits.f_sort(0, true)?;
+        let probs = sorted.f_softmax(0, Kind::Float)?;
+        // Drop a token when the tokens more likely than it already reach top_p; the most likely
+        // token always stays.
+        let before = probs.f_cumsum(0, Kind::Float)?.f_sub(&probs)?;
+        let kept = sorted.f_masked_fill(&before.f_ge(o.top_p)?, f64::NEG_INFINITY)?;
+        logits = logits.f_scatter(0, &order, &kept)?;
+    }
+    let probs = logits.f_softmax(0, Kind::Float)?;
+    Ok(probs.f_multinomial(1, false)?.int64_value(&[0]))
+}
+
+/// `dir/name`, or the same name in one of the `MAX_LEVELS_UP` directories above `dir`.
+fn find_upwards(dir: &Path, name: &str) -> Result<PathBuf, TrainerError> {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut tried = Vec::new();
+    for ancestor in absolute.ancestors().take(MAX_LEVELS_UP + 1) {
+        let candidate = ancestor.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        tried.push(candidate.display().to_string());
+    }
+    Err(TrainerError::Io {
+        path: dir.join(name),
+        message: format!(
+            "file not found in the directory or the {MAX_LEVELS_UP} above it (tried {})",
+            tried.join(", ")
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perplex_model::GruLmConfig;
+
+    /// A run directory with an untrained tiny char-level GRU over `text`'s characters.
+    fn tiny_run(text: &str) -> (tempfile::TempDir, LoadedModel) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RunConfig::default();
+        config.data.tokenizer = TokenizerKind::Char;
+        config.model = Box::new(GruLmConfig {
+            embedding_dim: 8,
+            hidden_size: 16,
+            num_layers: 1,
+            dropout: 0.0,
+        });
+        std::fs::write(dir.path().join(CONFIG), config.to_toml().unwrap()).unwrap();
+        let tokens = TokenizerKind::Char.tokenizer().tokenize(text);
+        let vocab = Vocabulary::build(&tokens, None);
+        vocab.save(&dir.path().join(VOCAB)).unwrap();
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _model = config.model.build(&vs.root(), vocab.len() as i64).unwrap();
+        vs.save(dir.path().join(WEIGHTS)).unwrap();
+        let loaded = LoadedModel::load(dir.path(), Device::Cpu).unwrap();
+        (dir, loaded)
+    }
+
+    const TEXT: &str = "the cat sat on the mat\nand the dog sat on the log\n";
+
+    #[test]
+    fn token_losses_average_to_the_trainer_evaluation() {
+        let (_dir, m) = tiny_run(TEXT);
+        let ids = m.encode(&TEXT.repeat(4));
+        let per_token = m.token_losses(&ids, 3, 5).unwrap();
+        let stats = m.evaluate(&m.batches(&ids, 3, 5, "t").unwrap()).unwrap();
+        assert_eq!(per_token.len() as u64, stats.tokens);
+        let mean = per_token.iter().map(|t| t.nll).sum::<f64>() / per_token.len() as f64;
+        assert!((mean - stats.loss).abs() < 1e-5, "{mean} vs {}", stats.loss);
+        // Positions index the stream and name the token found there.
+        let all: Vec<i64> = Vec::try_from(&ids).unwrap();
+        assert!(per_token.iter().all(|t| all[t.position] == t.id));
+    }
+
+    #[test]
+    fn same_seed_gives_same_text_and_banned_ids_never_appear() {
+        let (_dir, m) = tiny_run(TEXT);
+        let banned = vec![m.vocab.id("t"), m.vocab.id(" ")];
+        let options = SamplingOptions {
+            max_tokens: 300,
+            seed: 11,
+            banned_ids: banned.clone(),
+            ..Default::default()
+        };
+        let a = m.sample("the ", &options).unwrap();
+        let b = m.sample("the ", &options).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.ids.len(), 300);
+        assert!(a.ids.iter().all(|i| !banned.contains(i)));
+        assert!(a.text.starts_with("the "));
+    }
+
+    #[test]
+    fn greedy_and_top_k_one_agree() {
+        let (_dir, m) = tiny_run(TEXT);
+        let greedy = SamplingOptions {
+            max_tokens: 40,
+            temperature: 0.0,
+            ..Default::default()
+        };
+        let top1 = SamplingOptions {
+            max_tokens: 40,
+            top_k: 1,
+            seed: 5,
+            ..Default::default()
+        };
+        assert_eq!(
+            m.generate("cat", &greedy).unwrap(),
+            m.generate("cat", &top1).unwrap()
+        );
+    }
+
+    #[test]
+    fn tiny_top_p_keeps_only_the_most_likely_token() {
+        let logits = Tensor::from_slice(&[0.0f32, 3.0, 1.0, 2.9]);
+        let options = SamplingOptions {
+            top_p: 1e-6,
+            ..Default::default()
+        };
+        for seed in 0..20 {
+            tch::manual_seed(seed);
+            assert_eq!(pick(&logits, None, &options).unwrap(), 1);
+        }
+        // With top_p = 0.6 only ids 1 and 3 (p ≈ 0.45 + 0.41) can be drawn.
+        let options = SamplingOptions {
+            top_p: 0.6,
+            ..Default::default()
+        };
+        for seed in 0..50 {
+            tch::manual_seed(seed);
+            let id = pick(&logits, None, &options).unwrap();
+            assert!(id == 1 || id == 3, "{id}");
+        }
+    }
+
+    #[test]
+    fn bad_sampling_options_are_refused_by_name() {
+        let (_dir, m) = tiny_run(TEXT);
+        let run = |o: SamplingOptions| m.sample("a", &o).unwrap_err().to_string();
+        let e = run(SamplingOptions {
+            banned_ids: vec![999],
+            ..Default::default()
+        });
+        assert!(e.contains("id 999 is not in the vocabulary"), "{e}");
+        let e = run(SamplingOptions {
+            temperature: -1.0,
+            ..Default::default()
+        });
+        assert!(e.contains("temperature"), "{e}");
+        let e = run(SamplingOptions {
+            top_p: 0.0,
+            ..Default::default()
+        });
+        assert!(e.contains("top_p"), "{e}");
+    }
+
+    #[test]
+    fn checkpoint_directory_finds_config_two_levels_up() {
+        let (dir, m) = tiny_run(TEXT);
+        let ckpt = dir.path().join("checkpoints").join("step-10");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        m.vs.save(ckpt.join(WEIGHTS)).unwrap();
+        let loaded = LoadedModel::load(&ckpt, Device::Cpu).unwrap();
+        assert_eq!(loaded.vocab, m.vocab);
+        assert_eq!(loaded.weights, ckpt.join(WEIGHTS));
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = LoadedModel::load(&dir.path().join("nope"), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope") && e.contains("no such directory"), "{e}");
+        let e = LoadedModel::load(dir.path(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("not found"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join(WEIGHTS), b"").unwrap();
+        let e = LoadedModel::load(dir.path(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.toml") && e.contains("not found"), "{e}");
+    }
+}
