@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
 use perplex_data::{
-    batch::ids_to_tensor, BpttBatches, LmData, Tokenizer, TokenizerKind, Vocabulary, WordTokenizer,
+    batch::ids_to_tensor, BpttBatches, LmData, TokenizerKind, Vocabulary, WordTokenizer,
 };
 use perplex_model::{HiddenState, LanguageModel};
 

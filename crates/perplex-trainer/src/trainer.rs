@@ -585,35 +585,39 @@ impl Trainer {
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
         let mut new_states = Vec::with_capacity(k as usize);
         let mut new_teacher_states = Vec::new();
+        let autocast = self.config.precision == Precision::Bf16;
         for i in 0..k as usize {
-            let out = if self.config.precision == Precision::Bf16 {
-                tch::autocast(true, || {
-                    self.model.forward(&inputs[i], &states[i].detach(), true)
-                })?
-            } else {
-                self.model.forward(&inputs[i], &states[i].detach(), true)?
-            };
-            let teacher_logits = match (&self.teacher, &teacher_states) {
-                (Some(t), Some(ts)) => {
-                    let (logits, s) = t.logits(&inputs[i], &ts[i])?;
-                    new_teacher_states.push(s);
-                    Some(logits)
+            // Forward and loss run under autocast together (as in PyTorch), so the loss's
+            // projection sees one dtype; every loss computes its value in float32.
+            let step = || -> Result<_, TrainerError> {
+                let out = self.model.forward(&inputs[i], &states[i].detach(), true)?;
+                let teacher = match (&self.teacher, &teacher_states) {
+                    (Some(t), Some(ts)) => Some(t.logits(&inputs[i], &ts[i])?),
+                    _ => None,
+                };
+                let mut input = LossInput::from_hidden(
+                    &out.hidden,
+                    &out.head.weight,
+                    out.head.bias.as_ref(),
+                    &targets[i],
+                );
+                if let Some(n) = &normalizer {
+                    input = input.with_normalizer(n);
                 }
-                _ => None,
+                if let Some((logits, _)) = &teacher {
+                    input = input.with_teacher_logits(logits);
+                }
+                let loss = self.loss.forward(&input)?.loss;
+                Ok((loss, out.state, teacher.map(|(_, s)| s)))
             };
-            let mut input = LossInput::from_hidden(
-                &out.hidden,
-                &out.head.weight,
-                out.head.bias.as_ref(),
-                &targets[i],
-            );
-            if let Some(n) = &normalizer {
-                input = input.with_normalizer(n);
+            let (loss, out_state, teacher_out) = if autocast {
+                tch::autocast(true, step)?
+            } else {
+                step()?
+            };
+            if let Some(s) = teacher_out {
+                new_teacher_states.push(s);
             }
-            if let Some(t) = &teacher_logits {
-                input = input.with_teacher_logits(t);
-            }
-            let loss = self.loss.forward(&input)?.loss;
             if loss.dim() != 0 {
                 return Err(TrainerError::Config {
                     source_name: "[loss]".into(),
@@ -624,7 +628,7 @@ impl Trainer {
             }
             loss.f_backward()?;
             total += loss.detach().to_kind(Kind::Float);
-            new_states.push(out.state);
+            new_states.push(out_state);
         }
         *state = HiddenState::cat(&new_states);
         if let Some(ts) = teacher_state {

@@ -322,8 +322,8 @@ fn print_table(result: &Value, on_cpu: bool) {
         let m = c["memory_ratio_chunked_over_naive"].as_f64();
         println!(
             "  {:>7} {:>6} | {} | {} | {:>6} {:>6} {:>5}",
-            c["vocab"],
-            c["tokens"],
+            c["vocab"].as_i64().unwrap_or(0),
+            c["tokens"].as_i64().unwrap_or(0),
             cell(&c["naive"]),
             cell(&c["chunked"]),
             t.map_or("-".into(), |t| format!("{t:.2}")),
