@@ -19,6 +19,7 @@ const FONT: &[u8] = include_bytes!("../assets/OpenSans-Regular.ttf");
 const WIDTH: u32 = 1000;
 const PANEL_HEIGHT: u32 = 380;
 const TITLE_HEIGHT: u32 = 50;
+const MIN_BODY_HEIGHT: u32 = 600;
 
 /// Matplotlib's "tab10" colours, so the charts look familiar.
 pub const BLUE: RGBColor = RGBColor(31, 119, 180);
@@ -72,10 +73,14 @@ pub struct Panel {
     pub log_x: bool,
     /// Logarithmic y axis.
     pub log_y: bool,
+    /// X range to show instead of the data's (to line up panels that share an axis).
+    pub x_range: Option<(f64, f64)>,
     /// Y range to show instead of the data's (points outside it are left out).
     pub y_range: Option<(f64, f64)>,
     /// The series, drawn in order.
     pub series: Vec<Series>,
+    /// Put the legend in the upper left corner instead of the upper right.
+    pub legend_left: bool,
 }
 
 /// Panels stacked vertically under a title.
@@ -90,10 +95,9 @@ pub struct Figure {
 impl Figure {
     /// Pixel size of the figure.
     fn size(&self) -> (u32, u32) {
-        (
-            WIDTH,
-            TITLE_HEIGHT + PANEL_HEIGHT * self.panels.len().max(1) as u32,
-        )
+        // A lone panel gets more height: a short, wide chart hides the shape of its curve.
+        let panels = (PANEL_HEIGHT * self.panels.len() as u32).max(MIN_BODY_HEIGHT);
+        (WIDTH, TITLE_HEIGHT + panels)
     }
 
     /// Writes `{stem}.png` and `{stem}.svg` (each through a temporary file and a rename) and
@@ -173,7 +177,10 @@ impl Panel {
             )?;
             return Ok(());
         }
-        let mut xs = padded(points.iter().map(|p| p.0), self.log_x, 0.0);
+        let mut xs = match self.x_range {
+            Some((lo, hi)) => padded([lo, hi].into_iter(), self.log_x, 0.02),
+            None => padded(points.iter().map(|p| p.0), self.log_x, 0.02),
+        };
         let ys = match self.y_range {
             Some((lo, hi)) => padded([lo, hi].into_iter(), self.log_y, 0.0),
             None => padded(points.iter().map(|p| p.1), self.log_y, 0.06),
@@ -267,7 +274,11 @@ impl Panel {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(if self.legend_left {
+                SeriesLabelPosition::UpperLeft
+            } else {
+                SeriesLabelPosition::UpperRight
+            })
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.4))
             .label_font(("sans-serif", 15))
@@ -298,18 +309,29 @@ fn padded(values: impl Iterator<Item = f64>, log: bool, pad: f64) -> Range<f64> 
     }
 }
 
-/// Tick labels: plain decimals between 1e-3 and 1e5 (trailing zeros dropped), else `1.5e-7`.
+/// Tick labels: up to 4 significant digits, plain between 1e-3 and 1e5 (trailing zeros
+/// dropped), else scientific (`9.8e-4`, `1e-7`).
 pub fn tick(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "0".into()
     } else if (1e-3..1e5).contains(&a) {
-        let s = format!("{v:.4}");
-        let s = s.trim_end_matches('0').trim_end_matches('.');
-        s.to_string()
+        let decimals = (3 - a.log10().floor() as i32).max(0) as usize;
+        let s = format!("{v:.decimals$}");
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
     } else {
-        let s = format!("{v:.1e}");
-        s.replace(".0e", "e")
+        let s = format!("{v:.3e}");
+        let (mantissa, exponent) = s.split_once('e').unwrap_or((&s, "0"));
+        let mantissa = if mantissa.contains('.') {
+            mantissa.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            mantissa
+        };
+        format!("{mantissa}e{exponent}")
     }
 }
 
@@ -342,6 +364,10 @@ mod tests {
         assert_eq!(tick(1e-7), "1e-7");
         assert_eq!(tick(2.5e-5), "2.5e-5");
         assert_eq!(tick(100000.0), "1e5");
+        assert_eq!(tick(0.00104), "0.00104");
+        assert_eq!(tick(9.8e-4), "9.8e-4");
+        assert_eq!(tick(1234.6), "1235");
+        assert_eq!(tick(-2.5), "-2.5");
     }
 
     #[test]

@@ -102,10 +102,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             format!("{:.4}", loss / std::f64::consts::LN_2),
         ),
     ];
-    println!("{:<24} {:>12}", "metric", "value");
-    println!("{:<24} {:>12}", "-".repeat(24), "-".repeat(12));
+    println!("{:<26} {:>10}", "metric", "value");
+    println!("{:<26} {:>10}", "-".repeat(26), "-".repeat(10));
     for (k, v) in &rows {
-        println!("{k:<24} {v:>12}");
+        println!("{k:<26} {v:>10}");
     }
 
     if args.top > 0 {

@@ -113,16 +113,18 @@ fn table(result: &LrFindResult) -> String {
 fn figure(result: &LrFindResult) -> Figure {
     let raw: Vec<(f64, f64)> = result.points.iter().map(|p| (p.lr, p.loss)).collect();
     let smoothed: Vec<(f64, f64)> = result.points.iter().map(|p| (p.lr, p.smoothed)).collect();
-    // The last steps blow up; show the range the smoothed curve covers up to twice its start.
-    let finite: Vec<f64> = smoothed
-        .iter()
-        .map(|p| p.1)
-        .filter(|v| v.is_finite())
-        .collect();
-    let y_range = (!finite.is_empty()).then(|| {
-        let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let hi = hi.min(finite[0].max(lo) * 2.0);
+    // The last steps blow up: show everything up to twice the smoothed loss's start.
+    let finite = |v: &[(f64, f64)]| -> Vec<f64> {
+        v.iter().map(|p| p.1).filter(|v| v.is_finite()).collect()
+    };
+    let (all, smooth) = (
+        [finite(&raw), finite(&smoothed)].concat(),
+        finite(&smoothed),
+    );
+    let y_range = (!smooth.is_empty()).then(|| {
+        let lo = all.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = smooth.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let hi = hi.min(smooth[0] * 2.0).max(smooth[0]);
         let pad = (hi - lo).max(1e-3) * 0.05;
         (lo - pad, hi + pad)
     });
@@ -157,6 +159,7 @@ fn figure(result: &LrFindResult) -> Figure {
             log_x: true,
             y_range,
             series,
+            legend_left: true,
             ..Default::default()
         }],
     }

@@ -119,6 +119,32 @@ pub fn figure(log: &MetricsLog, run_name: &str, unit: &str) -> Figure {
     if !log.test_loss.is_empty() {
         loss.push(series("test", &log.test_loss, GREEN, Style::Dots));
     }
+    // One step axis for all panels, so that they line up.
+    let steps = [
+        &log.train_loss,
+        &log.epoch_train_loss,
+        &log.valid_loss,
+        &log.test_loss,
+        &log.lr,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| p.0)
+    .filter(|s| s.is_finite());
+    let x_range = steps.fold(None, |r: Option<(f64, f64)>, s| {
+        Some(r.map_or((s, s), |(lo, hi)| (lo.min(s), hi.max(s))))
+    });
+    // A log axis helps only when perplexity spans more than a factor 10 (from the first
+    // steps' vocabulary-sized values down); over less it would show a single tick.
+    let (lo, hi) = log
+        .valid_perplexity
+        .iter()
+        .map(|p| p.1)
+        .filter(|p| p.is_finite() && *p > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), p| {
+            (lo.min(p), hi.max(p))
+        });
+    let log_ppl = hi / lo > 10.0;
     Figure {
         title: format!("perplex run {run_name}"),
         panels: vec![
@@ -127,13 +153,19 @@ pub fn figure(log: &MetricsLog, run_name: &str, unit: &str) -> Figure {
                 x_label: "optimiser step".into(),
                 y_label: format!("loss (nats per {unit})"),
                 series: loss,
+                x_range,
                 ..Default::default()
             },
             Panel {
                 title: "Validation perplexity".into(),
                 x_label: "optimiser step".into(),
-                y_label: "perplexity (log scale)".into(),
-                log_y: true,
+                y_label: if log_ppl {
+                    "perplexity (log scale)".into()
+                } else {
+                    "perplexity".into()
+                },
+                log_y: log_ppl,
+                x_range,
                 series: vec![series(
                     "validation",
                     &log.valid_perplexity,
@@ -147,6 +179,7 @@ pub fn figure(log: &MetricsLog, run_name: &str, unit: &str) -> Figure {
                 x_label: "optimiser step".into(),
                 y_label: "learning rate".into(),
                 series: vec![series("lr", &log.lr, PURPLE, Style::Line)],
+                x_range,
                 ..Default::default()
             },
         ],

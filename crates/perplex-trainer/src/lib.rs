@@ -9,13 +9,17 @@
 //!     &["trainer.epochs=1".to_string()],
 //! )?;
 //! let summary = Trainer::from_config(config)?.fit()?;
-//! println!("validation perplexity {:.1}", summary.epochs[0].valid.perplexity);
+//! if let Some(valid) = summary.epochs[0].valid {
+//!     println!("validation perplexity {:.1}", valid.perplexity);
+//! }
 //! # Ok::<(), perplex_trainer::TrainerError>(())
 //! ```
 //!
 //! Each epoch logs (through `tracing`) the training loss, the validation loss and perplexity
 //! (`exp` of the mean NLL per token), tokens per second and the learning rate. The run directory
-//! receives `config.toml` (resolved), `vocab.json`, `model.safetensors` and `metrics.jsonl`.
+//! receives `config.toml` (resolved), `vocab.json`, `model.safetensors`, `metrics.jsonl`,
+//! `metrics.csv`, `summary.json` and `checkpoints/` (see [`checkpoint`]); [`Trainer::resume`]
+//! continues a run exactly.
 #![warn(missing_docs)]
 
 pub mod callbacks;
@@ -26,6 +30,7 @@ pub mod error;
 pub mod inference;
 pub mod lr_find;
 pub mod run_dir;
+pub mod sampling;
 pub mod teacher;
 pub mod trainer;
 
@@ -36,8 +41,9 @@ pub use callbacks::{
 pub use config::{OnNonFinite, Precision, RunConfig, TrainerConfig};
 pub use device::parse_device;
 pub use error::TrainerError;
-pub use inference::{Generation, LoadedModel, SamplingOptions, TokenLoss};
+pub use inference::{Generation, LoadedModel, TokenLoss};
 pub use lr_find::{lr_find, LrFindOptions, LrFindPoint, LrFindResult, LrFindStop};
+pub use sampling::{Sampler, SamplingOptions};
 pub use trainer::{
     evaluate, load_weights, named_trainable, EpochStats, EvalStats, FitSummary, Trainer,
 };

@@ -236,7 +236,7 @@ impl Trainer {
             precision = ?tc.precision,
             "device chosen"
         );
-        if tc.accumulate == 0 || config.data.batch_size as u64 % tc.accumulate != 0 {
+        if tc.accumulate == 0 || !(config.data.batch_size as u64).is_multiple_of(tc.accumulate) {
             return Err(TrainerError::Config {
                 source_name: "trainer.accumulate".into(),
                 message: format!(
@@ -468,6 +468,9 @@ impl Trainer {
                     tokens_per_sec = format!("{:.0}", stats.tokens_per_sec),
                     "stopped mid-epoch"
                 );
+                for c in &mut self.callbacks {
+                    c.on_epoch_end(&stats)?;
+                }
                 epochs.push(stats);
                 break;
             }
