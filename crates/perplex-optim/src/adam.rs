@@ -188,7 +188,10 @@ impl Optimizer for Adam {
                 } else {
                     v.shallow_clone()
                 };
-                let denom = v.f_sqrt()?.f_div_scalar(bias2_sqrt)?.f_add_scalar(c.eps)?;
+                // One allocation, then in place: the same operations in the same order as torch.
+                let mut denom = v.f_sqrt()?;
+                let _ = denom.f_div_scalar_(bias2_sqrt)?;
+                let _ = denom.f_add_scalar_(c.eps)?;
                 // libtorch's addcdiv computes `p + (value·m) / denom`; tch has no `value`
                 // argument, so the scaled numerator is passed instead (the same rounding).
                 let _ = p.f_addcdiv_(&m.f_mul_scalar(-step_size)?, &denom)?;
