@@ -50,7 +50,9 @@ cp "$target/release/examples/matmul_ceiling" "$target/release/examples/loss_benc
 n=0
 for t in "${tests[@]}"; do
   # Only executables with CUDA-tagged tests travel (the rest run in CI, on CPU).
-  if LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-$LIBTORCH/lib}" "$t" --list --format terse 2>/dev/null | grep -qi 'cuda.*: test$'; then
+  # (grep reads the whole list: with -q it could stop early and the SIGPIPE fail the pipeline)
+  if LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-$LIBTORCH/lib}" "$t" --list --format terse 2>/dev/null |
+    grep -i 'cuda.*: test$' >/dev/null; then
     cp "$t" "$bundle/tests/"
     n=$((n + 1))
   fi

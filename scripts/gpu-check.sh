@@ -51,6 +51,11 @@ t_start=$(date +%s)
 
 # ---- 1. environment ---------------------------------------------------------------------------
 py="${PERPLEX_TORCH_PYTHON:-python3}"
+# Off the GPU machine (a dry run), python3 may lack torch: fall back to `cargo xtask setup`'s venv.
+cache_py="${XDG_CACHE_HOME:-$HOME/.cache}/perplex/torch-2.11.0/bin/python"
+if ! "$py" -c 'import torch' 2>/dev/null && [ -x "$cache_py" ]; then
+  py="$cache_py"
+fi
 torch_dir="$("$py" -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>>"$log")"
 if [ -z "$torch_dir" ] || [ ! -d "$torch_dir/lib" ]; then
   say "python ($py) has no torch: cannot continue"

@@ -163,6 +163,7 @@ fn setup() -> Result<Option<Torch>> {
         }
         let python = std::env::var_os("PERPLEX_TORCH_PYTHON")
             .map(PathBuf::from)
+            .or_else(|| venv_python(&libtorch))
             .unwrap_or_else(|| PathBuf::from("python3"));
         eprintln!("xtask: using LIBTORCH={}", libtorch.display());
         return Ok(Some(Torch { libtorch, python }));
@@ -214,6 +215,14 @@ fn setup() -> Result<Option<Torch>> {
     }
     let libtorch = site_packages_torch(&venv)?;
     Ok(Some(Torch { libtorch, python }))
+}
+
+/// `VENV/bin/python` for `LIBTORCH=VENV/lib/pythonX.Y/site-packages/torch`, when it exists (the
+/// python whose torch that libtorch is, e.g. the cache's own venv).
+fn venv_python(libtorch: &Path) -> Option<PathBuf> {
+    let venv = libtorch.ancestors().nth(4)?;
+    let python = venv.join("bin").join("python");
+    python.is_file().then_some(python)
 }
 
 fn site_packages_torch(venv: &Path) -> Result<PathBuf> {

@@ -11,7 +11,7 @@
 //! ```text
 //! cargo run --release -p perplex-losses --example loss_bench -- \
 //!     --method chunked --vocab 50000 --tokens 16384 [--hidden 512] [--reps 3] [--warmup 1] \
-//!     [--threads N] [--device cpu|cuda] [--chunk-size 4096]
+//!     [--threads N] [--device cpu|cuda] [--chunk-size 2048]
 //! ```
 //!
 //! On CUDA, tch exposes no allocator statistics (nothing like `torch.cuda.max_memory_allocated`);

@@ -103,7 +103,7 @@ pub fn run(a: LossesArgs, torch: &Option<Torch>) -> Result<()> {
             .unwrap_or(1)
     });
     let on_cpu = a.device == "cpu";
-    let chunk = a.chunk_size.unwrap_or(4096);
+    let chunk = a.chunk_size.unwrap_or(2048); // linear_cross_entropy's default
     let log_dir = super::bench_dir()
         .join("logs")
         .join(format!("losses-{unix}"));

@@ -537,6 +537,13 @@ fn reference_script(a: &TrainArgs) -> Option<PathBuf> {
     Some(p)
 }
 
+/// One level's runs: (perplex, PyTorch) per pair, and their JSON records.
+struct LevelRuns {
+    level: String,
+    pairs: Vec<(RunOutcome, RunOutcome)>,
+    runs_json: Vec<Value>,
+}
+
 /// Statistics of one side over its runs.
 fn side_summary(runs: &[&RunOutcome], flop: f64, ceiling: f64) -> Value {
     let ok: Vec<&&RunOutcome> = runs.iter().filter(|r| r.error.is_none()).collect();
@@ -643,7 +650,7 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
 
     let mut level_json = serde_json::Map::new();
     let mut failures = Vec::new();
-    let mut all: Vec<(String, Vec<(RunOutcome, RunOutcome)>, Vec<Value>)> = Vec::new();
+    let mut all: Vec<LevelRuns> = Vec::new();
     for (level, side) in p.levels.iter().zip(&sides) {
         let mut pairs = Vec::new();
         let mut runs_json = Vec::new();
@@ -678,7 +685,11 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
             }
             pairs.push((pp, py));
         }
-        all.push((level.to_string(), pairs, runs_json));
+        all.push(LevelRuns {
+            level: level.to_string(),
+            pairs,
+            runs_json,
+        });
     }
     let ceiling_after = ceiling(&ceiling_bin, ceiling_shape, &p, torch)?;
     let ceil =
@@ -686,7 +697,12 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
     let load_end = super::loadavg();
 
     let mut tables = Vec::new();
-    for ((level, pairs, runs_json), side) in all.into_iter().zip(&sides) {
+    for (runs, side) in all.into_iter().zip(&sides) {
+        let LevelRuns {
+            level,
+            pairs,
+            runs_json,
+        } = runs;
         let vocab = pairs
             .iter()
             .find_map(|(a, b)| b.vocab.or(a.vocab))
@@ -790,8 +806,15 @@ fn table(level: &str, e: &Value, p: &Plan, ceil: f64) -> String {
         if v.is_null() {
             continue;
         }
+        let num = |x: f64, digits: usize| {
+            if x.is_finite() {
+                format!("{x:.digits$}")
+            } else {
+                "-".into()
+            }
+        };
         s.push_str(&format!(
-            "  {:<8} {:>10} {:>19} {:>9.1} {:>8.1} {:>9.1}% {:>8.0} {:>12.2}\n",
+            "  {:<8} {:>10} {:>19} {:>9} {:>8} {:>10} {:>8} {:>12}\n",
             side,
             thousands(f(v, "tokens_per_s_median")),
             format!(
@@ -799,11 +822,11 @@ fn table(level: &str, e: &Value, p: &Plan, ceil: f64) -> String {
                 thousands(f(v, "tokens_per_s_min")),
                 thousands(f(v, "tokens_per_s_max"))
             ),
-            f(v, "step_ms_median"),
-            f(v, "gflop_per_s"),
-            100.0 * f(v, "gflop_per_s") / ceil,
-            f(v, "peak_rss_mib_median"),
-            f(v, "first_step_s_median"),
+            num(f(v, "step_ms_median"), 1),
+            num(f(v, "gflop_per_s"), 1),
+            num(100.0 * f(v, "gflop_per_s") / ceil, 1) + "%",
+            num(f(v, "peak_rss_mib_median"), 0),
+            num(f(v, "first_step_s_median"), 2),
         ));
     }
     if !e["pytorch"].is_null() {
