@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{add_scaled, check, filled_like, restore, zero_grads};
+use crate::optimizer::{add_scaled, check, filled_like, optimizer_accessors, restore};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
 /// Adagrad (`type = "adagrad"`; Duchi, Hazan & Singer 2011, "Adaptive Subgradient Methods for
@@ -117,21 +117,7 @@ impl Optimizer for Adagrad {
         Ok(())
     }
 
-    fn zero_grad(&mut self) {
-        zero_grads(&self.params);
-    }
-
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
-    fn step_count(&self) -> i64 {
-        self.steps
-    }
+    optimizer_accessors!();
 
     fn state(&self) -> Vec<(String, Tensor)> {
         self.params
@@ -151,9 +137,5 @@ impl Optimizer for Adagrad {
         }
         self.steps = step_count;
         Ok(())
-    }
-
-    fn params(&self) -> &NamedParams {
-        &self.params
     }
 }

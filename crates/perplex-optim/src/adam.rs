@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{add_scaled, check, restore, zero_grads};
+use crate::optimizer::{add_scaled, check, optimizer_accessors, restore};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
 /// Adam (`type = "adam"`; Kingma & Ba 2015, "Adam: A Method for Stochastic Optimization"), as
@@ -202,21 +202,7 @@ impl Optimizer for Adam {
         Ok(())
     }
 
-    fn zero_grad(&mut self) {
-        zero_grads(&self.params);
-    }
-
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
-    fn step_count(&self) -> i64 {
-        self.steps
-    }
+    optimizer_accessors!();
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
@@ -247,9 +233,5 @@ impl Optimizer for Adam {
         }
         self.steps = step_count;
         Ok(())
-    }
-
-    fn params(&self) -> &NamedParams {
-        &self.params
     }
 }

@@ -21,7 +21,9 @@ pub trait Optimizer: Debug + Send {
     fn step(&mut self) -> Result<(), OptimError>;
 
     /// Sets every parameter's gradient to zero.
-    fn zero_grad(&mut self);
+    fn zero_grad(&mut self) {
+        zero_grads(self.params());
+    }
 
     /// The learning rate the next step uses.
     fn lr(&self) -> f64;
@@ -144,7 +146,30 @@ pub(crate) fn filled_like(params: &NamedParams, value: f64) -> Vec<Tensor> {
         .collect()
 }
 
-pub(crate) fn zero_grads(params: &NamedParams) {
+/// Implements the accessors every optimiser shares (`lr`, `set_lr`, `step_count`, `params`) for
+/// a struct with fields `config.lr`, `steps` and `params`.
+macro_rules! optimizer_accessors {
+    () => {
+        fn lr(&self) -> f64 {
+            self.config.lr
+        }
+
+        fn set_lr(&mut self, lr: f64) {
+            self.config.lr = lr;
+        }
+
+        fn step_count(&self) -> i64 {
+            self.steps
+        }
+
+        fn params(&self) -> &$crate::NamedParams {
+            &self.params
+        }
+    };
+}
+pub(crate) use optimizer_accessors;
+
+fn zero_grads(params: &NamedParams) {
     for (_, p) in params {
         let mut g = p.grad();
         if g.defined() {

@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{add_scaled, add_scaled_, check, filled_like, restore, zero_grads};
+use crate::optimizer::{add_scaled, add_scaled_, check, filled_like, optimizer_accessors, restore};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
 /// RMSprop (`type = "rmsprop"`; Tieleman & Hinton 2012, Coursera "Neural Networks for Machine
@@ -142,21 +142,7 @@ impl Optimizer for Rmsprop {
         Ok(())
     }
 
-    fn zero_grad(&mut self) {
-        zero_grads(&self.params);
-    }
-
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
-    fn step_count(&self) -> i64 {
-        self.steps
-    }
+    optimizer_accessors!();
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
@@ -191,9 +177,5 @@ impl Optimizer for Rmsprop {
         }
         self.steps = step_count;
         Ok(())
-    }
-
-    fn params(&self) -> &NamedParams {
-        &self.params
     }
 }

@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{add_scaled, add_scaled_, check, restore, zero_grads};
+use crate::optimizer::{add_scaled, add_scaled_, check, optimizer_accessors, restore};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
 /// SGD (`type = "sgd"`), as `torch.optim.SGD` (single-tensor path, `foreach=False`), with
@@ -122,21 +122,7 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
-    fn zero_grad(&mut self) {
-        zero_grads(&self.params);
-    }
-
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
-    fn step_count(&self) -> i64 {
-        self.steps
-    }
+    optimizer_accessors!();
 
     fn state(&self) -> Vec<(String, Tensor)> {
         self.params
@@ -156,9 +142,5 @@ impl Optimizer for Sgd {
         }
         self.steps = step_count;
         Ok(())
-    }
-
-    fn params(&self) -> &NamedParams {
-        &self.params
     }
 }
