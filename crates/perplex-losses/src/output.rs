@@ -2,6 +2,8 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::{LossError, LossInput};
+
 /// How per-token losses are combined (PyTorch's `reduction`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -14,6 +16,25 @@ pub enum Reduction {
     Sum,
     /// One value per position, shaped like the targets; ignored positions are 0.
     None,
+}
+
+impl Reduction {
+    /// Reduces per-position losses `per` (shaped like the targets, 0 at ignored positions) the
+    /// way every built-in loss does: `none` returns `per`, `sum` its sum, `mean` its sum divided
+    /// by `input.normalizer` when given, else by `count` — and 0.0 with zero gradient when that
+    /// denominator is 0 (an all-ignored batch). For plugin losses, so they share these rules.
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn apply(
+        self,
+        per: Tensor,
+        count: &Tensor,
+        input: &LossInput,
+    ) -> Result<Tensor, LossError> {
+        let shape = per.size();
+        crate::common::reduce(per.f_reshape([-1])?, count, self, input, &shape)
+    }
 }
 
 /// A loss's result, as fairseq's criterions return `(loss, sample_size, logging_output)`.

@@ -71,15 +71,7 @@ impl Loss for Poly1 {
         let poly = pt.f_neg()?.f_add_scalar(1.0)?.f_mul_scalar(self.epsilon)?;
         let per = per_ce.f_add(&poly.f_mul(&mask.f_to_kind(poly.kind())?)?)?;
         let count = ce.count;
-        let loss = match self.reduction {
-            Reduction::None => per,
-            Reduction::Sum => per.f_sum(per.kind())?,
-            Reduction::Mean => {
-                let d = input.normalizer.unwrap_or(&count).f_to_kind(per.kind())?;
-                let d = d.f_where_self(&d.f_gt(0)?, &d.f_ones_like()?)?;
-                per.f_sum(per.kind())?.f_div(&d)?
-            }
-        };
+        let loss = self.reduction.apply(per, &count, input)?;
         Ok(LossOutput::new(loss, count))
     }
 }
