@@ -130,7 +130,7 @@ impl<'a> LossInput<'a> {
                 weight,
                 bias,
             } => {
-                check_head(hidden, weight)?;
+                crate::linear_cross_entropy::check_head(hidden, weight, bias)?;
                 hidden.f_linear(weight, bias)?
             }
             Source::Probs(p) => p.f_log()?,
@@ -184,19 +184,4 @@ impl<'a> LossInput<'a> {
             Source::LogProbs(_) => "log_probs",
         }
     }
-}
-
-fn check_head(hidden: &Tensor, weight: &Tensor) -> Result<(), LossError> {
-    let hs = hidden.size();
-    let ws = weight.size();
-    if ws.len() != 2 || hs.last() != ws.last() {
-        return Err(LossError::ShapeMismatch {
-            a: "hidden",
-            a_shape: hs,
-            b: "weight",
-            b_shape: ws,
-            expected: "hidden [..., H] and weight [vocab, H]".into(),
-        });
-    }
-    Ok(())
 }

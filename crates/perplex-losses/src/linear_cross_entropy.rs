@@ -318,7 +318,13 @@ impl LinearCrossEntropy {
     }
 }
 
-fn check_head(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<(), LossError> {
+/// Checks an output head against the hidden states: `hidden [..., H]`, `weight [vocab, H]`,
+/// `bias [vocab]`; the error names both shapes.
+pub(crate) fn check_head(
+    hidden: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(), LossError> {
     let (hs, ws) = (hidden.size(), weight.size());
     if ws.len() != 2 || hs.is_empty() || hs.last() != ws.last() {
         return Err(LossError::ShapeMismatch {
