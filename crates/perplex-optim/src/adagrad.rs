@@ -2,7 +2,9 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{add_scaled, check, filled_like, optimizer_accessors, restore};
+use crate::optimizer::{
+    add_scaled, check, export_state, filled_like, import_state, optimizer_accessors,
+};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
 /// Adagrad (`type = "adagrad"`; Duchi, Hazan & Singer 2011, "Adaptive Subgradient Methods for
@@ -120,11 +122,7 @@ impl Optimizer for Adagrad {
     optimizer_accessors!();
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .zip(&self.sum)
-            .map(|((n, _), s)| (format!("{n}.sum"), s.shallow_clone()))
-            .collect()
+        export_state(&self.params, &[("sum", &self.sum)])
     }
 
     fn load_state(
@@ -132,9 +130,7 @@ impl Optimizer for Adagrad {
         state: &[(String, Tensor)],
         step_count: i64,
     ) -> Result<(), OptimError> {
-        for ((n, _), s) in self.params.iter().zip(self.sum.iter_mut()) {
-            restore(state, &format!("{n}.sum"), s)?;
-        }
+        import_state(state, &self.params, &mut [("sum", &mut self.sum)])?;
         self.steps = step_count;
         Ok(())
     }

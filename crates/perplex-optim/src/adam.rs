@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{add_scaled, check, optimizer_accessors, restore};
+use crate::optimizer::{add_scaled, check, export_state, import_state, optimizer_accessors};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
 /// Adam (`type = "adam"`; Kingma & Ba 2015, "Adam: A Method for Stochastic Optimization"), as
@@ -205,18 +205,14 @@ impl Optimizer for Adam {
     optimizer_accessors!();
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        for (i, (n, _)) in self.params.iter().enumerate() {
-            out.push((format!("{n}.exp_avg"), self.exp_avg[i].shallow_clone()));
-            out.push((
-                format!("{n}.exp_avg_sq"),
-                self.exp_avg_sq[i].shallow_clone(),
-            ));
-            if let Some(m) = self.max_exp_avg_sq.get(i) {
-                out.push((format!("{n}.max_exp_avg_sq"), m.shallow_clone()));
-            }
-        }
-        out
+        export_state(
+            &self.params,
+            &[
+                ("exp_avg", &self.exp_avg),
+                ("exp_avg_sq", &self.exp_avg_sq),
+                ("max_exp_avg_sq", &self.max_exp_avg_sq),
+            ],
+        )
     }
 
     fn load_state(
@@ -224,13 +220,15 @@ impl Optimizer for Adam {
         state: &[(String, Tensor)],
         step_count: i64,
     ) -> Result<(), OptimError> {
-        for (i, (n, _)) in self.params.iter().enumerate() {
-            restore(state, &format!("{n}.exp_avg"), &mut self.exp_avg[i])?;
-            restore(state, &format!("{n}.exp_avg_sq"), &mut self.exp_avg_sq[i])?;
-            if let Some(m) = self.max_exp_avg_sq.get_mut(i) {
-                restore(state, &format!("{n}.max_exp_avg_sq"), m)?;
-            }
-        }
+        import_state(
+            state,
+            &self.params,
+            &mut [
+                ("exp_avg", &mut self.exp_avg),
+                ("exp_avg_sq", &mut self.exp_avg_sq),
+                ("max_exp_avg_sq", &mut self.max_exp_avg_sq),
+            ],
+        )?;
         self.steps = step_count;
         Ok(())
     }

@@ -65,6 +65,37 @@ pub trait OptimizerConfig: Debug + Send + Sync {
     fn lr(&self) -> f64;
 }
 
+/// The state of an optimiser as named tensors `PARAM.slot`, from per-parameter buffers
+/// (`slots`: name and one tensor per parameter; an unused slot is an empty list).
+pub(crate) fn export_state(
+    params: &NamedParams,
+    slots: &[(&str, &[Tensor])],
+) -> Vec<(String, Tensor)> {
+    slots
+        .iter()
+        .flat_map(|(slot, buffers)| {
+            params
+                .iter()
+                .zip(buffers.iter())
+                .map(move |((n, _), b)| (format!("{n}.{slot}"), b.shallow_clone()))
+        })
+        .collect()
+}
+
+/// Copies saved state written by [`export_state`] into the per-parameter buffers.
+pub(crate) fn import_state(
+    state: &[(String, Tensor)],
+    params: &NamedParams,
+    slots: &mut [(&str, &mut [Tensor])],
+) -> Result<(), OptimError> {
+    for (slot, buffers) in slots.iter_mut() {
+        for ((n, _), b) in params.iter().zip(buffers.iter_mut()) {
+            restore(state, &format!("{n}.{slot}"), b)?;
+        }
+    }
+    Ok(())
+}
+
 /// Looks up `PARAM.suffix` in saved state and copies it into `dst`.
 pub(crate) fn restore(
     state: &[(String, Tensor)],

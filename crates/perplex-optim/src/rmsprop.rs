@@ -2,7 +2,9 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{add_scaled, add_scaled_, check, filled_like, optimizer_accessors, restore};
+use crate::optimizer::{
+    add_scaled, add_scaled_, check, export_state, filled_like, import_state, optimizer_accessors,
+};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
 /// RMSprop (`type = "rmsprop"`; Tieleman & Hinton 2012, Coursera "Neural Networks for Machine
@@ -145,20 +147,14 @@ impl Optimizer for Rmsprop {
     optimizer_accessors!();
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        for (i, (n, _)) in self.params.iter().enumerate() {
-            out.push((
-                format!("{n}.square_avg"),
-                self.square_avg[i].shallow_clone(),
-            ));
-            if let Some(b) = self.momentum_buffer.get(i) {
-                out.push((format!("{n}.momentum_buffer"), b.shallow_clone()));
-            }
-            if let Some(ga) = self.grad_avg.get(i) {
-                out.push((format!("{n}.grad_avg"), ga.shallow_clone()));
-            }
-        }
-        out
+        export_state(
+            &self.params,
+            &[
+                ("square_avg", &self.square_avg),
+                ("momentum_buffer", &self.momentum_buffer),
+                ("grad_avg", &self.grad_avg),
+            ],
+        )
     }
 
     fn load_state(
@@ -166,15 +162,15 @@ impl Optimizer for Rmsprop {
         state: &[(String, Tensor)],
         step_count: i64,
     ) -> Result<(), OptimError> {
-        for (i, (n, _)) in self.params.iter().enumerate() {
-            restore(state, &format!("{n}.square_avg"), &mut self.square_avg[i])?;
-            if let Some(b) = self.momentum_buffer.get_mut(i) {
-                restore(state, &format!("{n}.momentum_buffer"), b)?;
-            }
-            if let Some(ga) = self.grad_avg.get_mut(i) {
-                restore(state, &format!("{n}.grad_avg"), ga)?;
-            }
-        }
+        import_state(
+            state,
+            &self.params,
+            &mut [
+                ("square_avg", &mut self.square_avg),
+                ("momentum_buffer", &mut self.momentum_buffer),
+                ("grad_avg", &mut self.grad_avg),
+            ],
+        )?;
         self.steps = step_count;
         Ok(())
     }

@@ -2,7 +2,9 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::{add_scaled, add_scaled_, check, optimizer_accessors, restore};
+use crate::optimizer::{
+    add_scaled, add_scaled_, check, export_state, import_state, optimizer_accessors,
+};
 use crate::{NamedParams, OptimError, Optimizer, OptimizerConfig};
 
 /// SGD (`type = "sgd"`), as `torch.optim.SGD` (single-tensor path, `foreach=False`), with
@@ -125,11 +127,7 @@ impl Optimizer for Sgd {
     optimizer_accessors!();
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .zip(&self.buffers)
-            .map(|((n, _), b)| (format!("{n}.momentum_buffer"), b.shallow_clone()))
-            .collect()
+        export_state(&self.params, &[("momentum_buffer", &self.buffers)])
     }
 
     fn load_state(
@@ -137,9 +135,11 @@ impl Optimizer for Sgd {
         state: &[(String, Tensor)],
         step_count: i64,
     ) -> Result<(), OptimError> {
-        for ((n, _), b) in self.params.iter().zip(self.buffers.iter_mut()) {
-            restore(state, &format!("{n}.momentum_buffer"), b)?;
-        }
+        import_state(
+            state,
+            &self.params,
+            &mut [("momentum_buffer", &mut self.buffers)],
+        )?;
         self.steps = step_count;
         Ok(())
     }
