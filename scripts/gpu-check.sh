@@ -9,7 +9,8 @@
 #   3. CUDA-tagged tests: in each bundled test executable, the tests whose names contain `cuda`
 #      (convention: such tests return early, passing, when `tch::Cuda::is_available()` is false,
 #      so they also run in CI without a GPU);
-#   4. `xtask bench train --device cuda` against the PyTorch reference (both levels, 3 pairs);
+#   4. `xtask bench train --device cuda` against the PyTorch reference (both levels, 3 pairs),
+#      then word level again with perplex in bf16 autocast (`trainer.precision=bf16`);
 #   5. `xtask bench losses --device cuda` (naive vs chunked output cross-entropy).
 #
 # All results go into one JSON: $OUT/gpu-check.json when OUT is set (the device tool), else
@@ -144,7 +145,7 @@ done
 echo "]" >>"$work/tests.json"
 
 # ---- 4-5. benchmarks ----------------------------------------------------------------------------
-train_rc=-1; losses_rc=-1
+train_rc=-1; losses_rc=-1; bf16_rc=-1
 if [ "$bench" = 1 ]; then
   if [ "$quick" = 1 ] || [ "$device" = "cpu" ]; then
     train_args=(--quick); losses_args=(--quick)
@@ -155,15 +156,22 @@ if [ "$bench" = 1 ]; then
   "$bundle/bin/xtask" bench train --bin-dir "$bundle/bin" --device "$device" \
     "${train_args[@]}" --json "$work/bench-train.json" 2>&1 | tee -a "$log"
   train_rc=${PIPESTATUS[0]}
+  if [ "$quick" = 0 ] && [ "$device" != "cpu" ]; then
+    "$bundle/bin/xtask" bench train --bin-dir "$bundle/bin" --device "$device" \
+      --level word --pairs 3 --warmup 20 --steps 100 --run-timeout-s 240 \
+      --set trainer.precision=bf16 --json "$work/bench-train-bf16.json" 2>&1 | tee -a "$log"
+    bf16_rc=${PIPESTATUS[0]}
+  fi
   "$bundle/bin/xtask" bench losses --bin-dir "$bundle/bin" --device "$device" \
     "${losses_args[@]}" --json "$work/bench-losses.json" 2>&1 | tee -a "$log"
   losses_rc=${PIPESTATUS[0]}
 fi
 
 # ---- one JSON -------------------------------------------------------------------------------------
-"$py" - "$work" "$device" "$train_rc" "$losses_rc" "$t_start" >"$out/gpu-check.json" <<'EOF'
+"$py" - "$work" "$device" "$train_rc" "$losses_rc" "$t_start" "$bf16_rc" >"$out/gpu-check.json" <<'EOF'
 import json, os, sys, time
 work, device, train_rc, losses_rc, t0 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+bf16_rc = int(sys.argv[6])
 def load(name):
     try:
         return json.load(open(os.path.join(work, name)))
@@ -173,12 +181,14 @@ smoke, tests = load("smoke.json"), load("tests.json") or []
 train, losses = load("bench-train.json"), load("bench-losses.json")
 tests_ok = all(t["exit_code"] == 0 for t in tests)
 bench_ran = train_rc != -1
-ok = bool(smoke and smoke["ok"]) and tests_ok and (not bench_ran or (train_rc == 0 and losses_rc == 0))
+ok = bool(smoke and smoke["ok"]) and tests_ok and (not bench_ran or (train_rc == 0 and losses_rc == 0)) \
+    and bf16_rc in (-1, 0)
 print(json.dumps({
     "ok": ok, "device": device, "seconds": int(time.time()) - t0,
     "environment": load("env.json"), "nvidia_smi": open(os.path.join(work, "nvidia-smi.txt")).read(),
     "smoke": smoke, "cuda_tests": tests,
     "bench_train": {"exit_code": train_rc, "result": train},
+    "bench_train_bf16": {"exit_code": bf16_rc, "result": load("bench-train-bf16.json")},
     "bench_losses": {"exit_code": losses_rc, "result": losses},
 }, indent=1))
 EOF

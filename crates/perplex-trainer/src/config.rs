@@ -81,8 +81,10 @@ pub enum Precision {
     /// float32 everywhere.
     #[default]
     F32,
-    /// bfloat16 matrix work (CUDA autocast; on the CPU the model computes with bf16 copies of
-    /// its float32 weights); the loss and the optimiser state stay float32.
+    /// bfloat16 autocast on the run's device, CPU or CUDA (`torch.autocast(device_type,
+    /// dtype=torch.bfloat16)`, see [`crate::precision`]): matmuls and the GRU's projections in
+    /// bf16; the loss, the parameters, their gradients and the optimiser state stay float32.
+    /// Worth it on GPUs and on CPUs with AVX-512 BF16 or AMX; elsewhere libtorch emulates bf16.
     Bf16,
 }
 

@@ -29,6 +29,7 @@ pub mod device;
 pub mod error;
 pub mod inference;
 pub mod lr_find;
+pub mod precision;
 pub mod run_dir;
 pub mod sampling;
 pub mod teacher;
@@ -43,6 +44,7 @@ pub use device::parse_device;
 pub use error::TrainerError;
 pub use inference::{Generation, LoadedModel, TokenLoss};
 pub use lr_find::{lr_find, LrFindOptions, LrFindPoint, LrFindResult, LrFindStop};
+pub use precision::{autocast_bf16, cpu_has_native_bf16};
 pub use sampling::{Sampler, SamplingOptions};
 pub use trainer::{
     evaluate, load_weights, named_trainable, EpochStats, EvalStats, FitSummary, Trainer,

@@ -258,13 +258,14 @@ impl Trainer {
         );
         let vs = nn::VarStore::new(device);
         let model = config.model.build(&vs.root(), data.vocab.len() as i64)?;
-        if tc.precision == Precision::Bf16 && device == Device::Cpu {
-            return Err(TrainerError::Config {
-                source_name: "trainer.precision".into(),
-                message:
-                    "bf16 autocast is available on CUDA only in this version; use f32 on the CPU"
-                        .into(),
-            });
+        if tc.precision == Precision::Bf16 {
+            if device == Device::Cpu && !crate::precision::cpu_has_native_bf16() {
+                tracing::warn!(
+                    "trainer.precision = \"bf16\" on a CPU without AVX-512 BF16 or AMX: libtorch \
+                     emulates bf16 matmuls here, which is many times slower than f32"
+                );
+            }
+            tracing::info!(device = ?device, "bf16 autocast on (loss, gradients and optimiser state stay float32)");
         }
         let params = named_trainable(&vs);
         let n_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
@@ -614,7 +615,7 @@ impl Trainer {
                 Ok((loss, out.state, teacher.map(|(_, s)| s)))
             };
             let (loss, out_state, teacher_out) = if autocast {
-                tch::autocast(true, step)?
+                crate::precision::autocast_bf16(self.device, step)?
             } else {
                 step()?
             };
@@ -780,10 +781,17 @@ impl Trainer {
     /// Mean NLL (nats per token) and perplexity of the model on `batches`, without gradients,
     /// carrying the hidden state across windows.
     ///
+    /// Under `precision = "bf16"` the forward passes run under bf16 autocast, as in training.
+    ///
     /// # Errors
     /// Model and loss errors.
     pub fn evaluate(&self, batches: &BpttBatches) -> Result<EvalStats, TrainerError> {
-        evaluate(self.model.as_ref(), batches, self.device)
+        let run = || evaluate(self.model.as_ref(), batches, self.device);
+        if self.config.precision == Precision::Bf16 {
+            crate::precision::autocast_bf16(self.device, run)
+        } else {
+            run()
+        }
     }
 }
 

@@ -2,45 +2,8 @@
 //! `linear_cross_entropy` as the main loss of the GRU LM, and distillation from a teacher run.
 mod common;
 
-use std::path::Path;
-
-use perplex_trainer::{RunConfig, Trainer};
-
-fn config(dir: &Path, run: &str, loss: &str, extra: &str) -> RunConfig {
-    let body = format!(
-        r#"
-[data]
-path = "{}"
-tokenizer = "char"
-max_vocab_size = 0
-batch_size = 16
-seq_len = 32
-[model]
-type = "gru"
-embedding_dim = 32
-hidden_size = 64
-[loss]
-{loss}
-[optim]
-type = "adam"
-lr = 3e-3
-[trainer]
-epochs = 1
-max_steps = 40
-device = "cpu"
-log_every = 0
-progress = false
-run_dir = "{}"
-run_name = "{run}"
-{extra}
-"#,
-        common::tiny_shakespeare().display(),
-        dir.display()
-    );
-    let p = dir.join(format!("{run}.toml"));
-    std::fs::write(&p, body).unwrap();
-    RunConfig::load(Some(&p), &[]).unwrap()
-}
+use common::tiny_char_config as config;
+use perplex_trainer::Trainer;
 
 #[test]
 fn linear_cross_entropy_trains_the_gru_lm_like_the_unfused_loss() {

@@ -28,3 +28,46 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A small character-level GRU run on Tiny Shakespeare (40 CPU steps, seconds): `loss` is the
+/// body of `[loss]`, `extra` more `[trainer]` keys.
+pub fn tiny_char_config(
+    dir: &std::path::Path,
+    run: &str,
+    loss: &str,
+    extra: &str,
+) -> perplex_trainer::RunConfig {
+    let body = format!(
+        r#"
+[data]
+path = "{}"
+tokenizer = "char"
+max_vocab_size = 0
+batch_size = 16
+seq_len = 32
+[model]
+type = "gru"
+embedding_dim = 32
+hidden_size = 64
+[loss]
+{loss}
+[optim]
+type = "adam"
+lr = 3e-3
+[trainer]
+epochs = 1
+max_steps = 40
+device = "cpu"
+log_every = 0
+progress = false
+run_dir = "{}"
+run_name = "{run}"
+{extra}
+"#,
+        tiny_shakespeare().display(),
+        dir.display()
+    );
+    let p = dir.join(format!("{run}.toml"));
+    std::fs::write(&p, body).unwrap();
+    perplex_trainer::RunConfig::load(Some(&p), &[]).unwrap()
+}
