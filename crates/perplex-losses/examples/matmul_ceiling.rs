@@ -3,7 +3,10 @@
 //! count; prints one JSON line.
 //!
 //! Two layouts are timed: `x.mm(w)` with `w [H, V]` contiguous, and `x.matmul(weightᵀ)` with
-//! `weight [V, H]` as `nn.Linear` stores it; the ceiling is the faster one's median.
+//! `weight [V, H]` as `nn.Linear` stores it; the ceiling is the faster one's median. Both write
+//! into one preallocated output (`mm_out`): the ceiling is the kernel's, not the allocator's (a
+//! fresh 90 MB output is a fresh `mmap` whose page faults cost about a quarter of the product's
+//! time on a 2-core VM).
 //!
 //! ```text
 //! cargo run --release -p perplex-losses --example matmul_ceiling -- \
@@ -86,8 +89,9 @@ fn main() {
     let w = Tensor::randn([k, n], opts);
     let weight = Tensor::randn([n, k], opts);
     let flop = 2.0 * (m * k) as f64 * n as f64;
-    let (mm_med, mm_best) = time(device, budget_s, || x.mm(&w));
-    let (lin_med, lin_best) = time(device, budget_s, || x.matmul(&weight.tr()));
+    let out = Tensor::empty([m, n], opts);
+    let (mm_med, mm_best) = time(device, budget_s, || x.mm_out(&out, &w));
+    let (lin_med, lin_best) = time(device, budget_s, || x.mm_out(&out, &weight.tr()));
     let gf = |s: f64| flop / s / 1e9;
     let report = serde_json::json!({
         "m": m, "k": k, "n": n,

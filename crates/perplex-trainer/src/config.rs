@@ -9,6 +9,7 @@ use perplex_losses::{Loss, SoftmaxCrossEntropy};
 use perplex_model::{GruLmConfig, ModelConfig};
 use perplex_optim::{AdamConfig, OptimizerConfig, ScheduleConfig};
 
+use crate::host_memory::HostAllocator;
 use crate::TrainerError;
 
 /// A whole run: `[data]`, `[model]`, `[loss]`, `[optim]`, optional `[schedule]`, `[trainer]`.
@@ -105,6 +106,10 @@ pub struct TrainerConfig {
     pub threads: usize,
     /// `f32` or `bf16`. Default `f32`.
     pub precision: Precision,
+    /// `retain` (keep freed host memory for reuse: fewer page faults per step, a higher peak
+    /// resident set) or `system` (the C library's defaults); see [`crate::host_memory`].
+    /// Default `retain`.
+    pub host_allocator: HostAllocator,
     /// Split each batch's rows into this many micro-batches whose gradients are accumulated
     /// before one optimiser step; `batch_size` must be divisible by it. The loss is normalised
     /// by the whole batch's token count, so the gradient equals the full batch's. Default 1.
@@ -149,6 +154,7 @@ impl Default for TrainerConfig {
             device: "auto".into(),
             threads: 0,
             precision: Precision::F32,
+            host_allocator: HostAllocator::Retain,
             accumulate: 1,
             clip_grad_norm: 0.0,
             clip_grad_value: 0.0,

@@ -27,6 +27,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod host_memory;
 pub mod inference;
 pub mod lr_find;
 pub mod precision;
@@ -42,6 +43,7 @@ pub use callbacks::{
 pub use config::{OnNonFinite, Precision, RunConfig, TrainerConfig};
 pub use device::parse_device;
 pub use error::TrainerError;
+pub use host_memory::HostAllocator;
 pub use inference::{Generation, LoadedModel, TokenLoss};
 pub use lr_find::{lr_find, LrFindOptions, LrFindPoint, LrFindResult, LrFindStop};
 pub use precision::{autocast_bf16, cpu_has_native_bf16};

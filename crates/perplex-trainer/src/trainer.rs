@@ -171,10 +171,10 @@ impl Trainer {
         }
     }
 
-    /// Builds everything a run config describes: applies `threads` and `seed`, picks the device,
-    /// loads the data, creates the model, optimiser, schedule and teacher, creates the run
-    /// directory (`config.toml`, `vocab.json`) and installs the standard callbacks (metrics,
-    /// early stopping, progress bar). Call [`Trainer::fit`] next.
+    /// Builds everything a run config describes: applies `threads`, `host_allocator` and `seed`,
+    /// picks the device, loads the data, creates the model, optimiser, schedule and teacher,
+    /// creates the run directory (`config.toml`, `vocab.json`) and installs the standard
+    /// callbacks (metrics, early stopping, progress bar). Call [`Trainer::fit`] next.
     ///
     /// # Errors
     /// Any [`TrainerError`]: bad device, data, model, optimiser or teacher settings.
@@ -229,11 +229,14 @@ impl Trainer {
             tch::set_num_threads(tc.threads as i32);
         }
         let device = parse_device(&tc.device)?;
+        let retained = tc.host_allocator.apply();
         tracing::info!(
             device = ?device,
             threads = tch::get_num_threads(),
             cuda_available = tch::Cuda::is_available(),
             precision = ?tc.precision,
+            host_allocator = ?tc.host_allocator,
+            host_memory_retained = retained,
             "device chosen"
         );
         if tc.accumulate == 0 || !(config.data.batch_size as u64).is_multiple_of(tc.accumulate) {

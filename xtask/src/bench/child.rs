@@ -36,6 +36,9 @@ pub struct Finished {
     pub wall_s: f64,
     /// Peak resident set of this child (MiB).
     pub peak_rss_mib: f64,
+    /// Minor page faults of this child (`ru_minflt`): pages mapped in without I/O, e.g. every
+    /// page of a freshly `mmap`ed buffer on first touch.
+    pub minor_faults: u64,
     /// Its output, in order of arrival.
     pub lines: Vec<Line>,
 }
@@ -168,6 +171,7 @@ pub fn run(cmd: &mut Command, limit: Duration, log: Option<&Path>) -> Result<Fin
         wall_s,
         // Linux reports ru_maxrss in KiB.
         peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        minor_faults: usage.ru_minflt as u64,
         lines,
     })
 }

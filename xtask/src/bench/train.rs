@@ -6,7 +6,8 @@
 //! step time of each run gives its tokens/s; across runs the median and the min–max; achieved
 //! GFLOP/s (FLOPs per step from the model's shapes, [`flop_per_step`]) against the matmul
 //! ceiling measured in the same invocation (`perplex-losses/examples/matmul_ceiling.rs`); the
-//! peak resident set of the process (`wait4`) and the seconds from spawn to the end of step 1.
+//! peak resident set and minor page faults of the process (`wait4`) and the seconds from spawn
+//! to the end of step 1.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -157,6 +158,7 @@ struct RunOutcome {
     median_step_ms: f64,
     step_ms: Vec<f64>,
     peak_rss_mib: f64,
+    minor_faults: f64,
     first_step_s: f64,
     vocab: Option<f64>,
     wall_s: f64,
@@ -171,6 +173,7 @@ impl RunOutcome {
             tokens_per_s: f64::NAN,
             median_step_ms: f64::NAN,
             peak_rss_mib: f64::NAN,
+            minor_faults: f64::NAN,
             first_step_s: f64::NAN,
             ..Self::default()
         }
@@ -188,6 +191,7 @@ impl RunOutcome {
             "step_ms": self.step_ms,
             "step_times_from": self.source,
             "peak_rss_mib": finite(self.peak_rss_mib),
+            "minor_faults": finite(self.minor_faults),
             "first_step_s": finite(self.first_step_s),
             "wall_s": self.wall_s,
             "self_reported": self.self_reported,
@@ -412,6 +416,7 @@ fn run_perplex(
         median_step_ms: med,
         step_ms,
         peak_rss_mib: out.peak_rss_mib,
+        minor_faults: out.minor_faults as f64,
         first_step_s,
         vocab,
         wall_s: out.wall_s,
@@ -481,6 +486,7 @@ fn run_pytorch(
         median_step_ms: get("median_step_ms"),
         step_ms: Vec::new(),
         peak_rss_mib: out.peak_rss_mib,
+        minor_faults: out.minor_faults as f64,
         first_step_s: first,
         vocab: result.get("V").and_then(Value::as_f64),
         wall_s: out.wall_s,
@@ -562,6 +568,7 @@ fn side_summary(runs: &[&RunOutcome], flop: f64, ceiling: f64) -> Value {
         "gflop_per_s": finite(gflops),
         "fraction_of_ceiling": finite(gflops / ceiling),
         "peak_rss_mib_median": finite(median(&ok.iter().map(|r| r.peak_rss_mib).collect::<Vec<_>>())),
+        "minor_faults_median": finite(median(&ok.iter().map(|r| r.minor_faults).collect::<Vec<_>>())),
         "first_step_s_median": finite(median(&ok.iter().map(|r| r.first_step_s).collect::<Vec<_>>())),
     })
 }
@@ -798,8 +805,16 @@ fn table(level: &str, e: &Value, p: &Plan, ceil: f64) -> String {
         p.steps
     );
     s.push_str(&format!(
-        "  {:<8} {:>10} {:>19} {:>9} {:>8} {:>10} {:>8} {:>12}\n",
-        "side", "tokens/s", "[min-max]", "step ms", "GFLOP/s", "% ceiling", "RSS MiB", "1st step s"
+        "  {:<8} {:>10} {:>19} {:>9} {:>8} {:>10} {:>8} {:>12} {:>11}\n",
+        "side",
+        "tokens/s",
+        "[min-max]",
+        "step ms",
+        "GFLOP/s",
+        "% ceiling",
+        "RSS MiB",
+        "1st step s",
+        "faults k"
     ));
     for side in ["perplex", "pytorch"] {
         let v = &e[side];
@@ -814,7 +829,7 @@ fn table(level: &str, e: &Value, p: &Plan, ceil: f64) -> String {
             }
         };
         s.push_str(&format!(
-            "  {:<8} {:>10} {:>19} {:>9} {:>8} {:>10} {:>8} {:>12}\n",
+            "  {:<8} {:>10} {:>19} {:>9} {:>8} {:>10} {:>8} {:>12} {:>11}\n",
             side,
             thousands(f(v, "tokens_per_s_median")),
             format!(
@@ -827,6 +842,7 @@ fn table(level: &str, e: &Value, p: &Plan, ceil: f64) -> String {
             num(100.0 * f(v, "gflop_per_s") / ceil, 1) + "%",
             num(f(v, "peak_rss_mib_median"), 0),
             num(f(v, "first_step_s_median"), 2),
+            num(f(v, "minor_faults_median") / 1e3, 0),
         ));
     }
     if !e["pytorch"].is_null() {

@@ -1,0 +1,66 @@
+//! `trainer.host_allocator = "retain"` (the default) in its own process, so that the page-fault
+//! count is this test's alone: a buffer the size of the seed model's logits, allocated and
+//! written ten times, has its pages faulted in about once instead of ten times.
+//!
+//! A plain `main` (`harness = false`), because the setting acts on the main thread's heap: glibc
+//! gives every other thread (the test harness runs each test on one) an arena of 64 MiB heaps,
+//! from which a 90 MB buffer is always a fresh `mmap`. `perplex train` trains on the main thread.
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+use perplex_trainer::HostAllocator;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+use tch::{Device, Kind, Tensor};
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Minor page faults of this process so far (all threads: libtorch fills tensors in parallel).
+fn minor_faults() -> i64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
+    usage.ru_minflt
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Minor faults of ten allocate-write-free cycles of a `[2240, 10001]` float32 buffer.
+fn faults_of_ten_cycles() -> i64 {
+    let touch = || {
+        let t = Tensor::ones([2240, 10001], (Kind::Float, Device::Cpu));
+        assert_eq!(t.numel(), 2240 * 10001);
+    };
+    // Warm-up: the heap grows to its working size over the first few cycles (new pages).
+    for _ in 0..10 {
+        touch();
+    }
+    let before = minor_faults();
+    for _ in 0..10 {
+        touch();
+    }
+    minor_faults() - before
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn main() {
+    eprintln!("host_memory: glibc on Linux only; nothing to test here");
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn main() {
+    let pages = 2240 * 10001 * 4 / 4096; // 21,876 pages of 4 KiB
+                                         // glibc's default: each 90 MB buffer is a fresh mmap, faulted in page by page.
+    let system = faults_of_ten_cycles();
+    assert!(
+        HostAllocator::Retain.apply(),
+        "glibc refused the thresholds"
+    );
+    let retained = faults_of_ten_cycles();
+    eprintln!(
+        "minor faults for 10 cycles of a {pages}-page buffer: system {system}, retain {retained}"
+    );
+    // With transparent huge pages on for every mapping, fresh mmaps fault in 2 MiB at a time.
+    let thp_always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]"));
+    if !thp_always {
+        assert!(system > 5 * pages, "system allocator: only {system} faults");
+    }
+    assert!(retained < pages, "retain: {retained} faults");
+    eprintln!("host_memory: ok");
+}
