@@ -64,9 +64,57 @@ impl Default for RunConfig {
     }
 }
 
+/// Implements `as_str`, `Display`, `Serialize` and `Deserialize` for a fieldless enum written
+/// as one of the given strings in a config; any other value is rejected with an error that lists
+/// them (serde's derived message speaks of "variant constructors" and tables).
+macro_rules! config_enum {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The values accepted in a config file.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// This value as written in a config file.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(d)?;
+                match value.as_str() {
+                    $($name => Ok(Self::$variant),)+
+                    other => Err(<D::Error as serde::de::Error>::custom(format!(
+                        "`{other}` is not one of {}",
+                        Self::NAMES
+                            .iter()
+                            .map(|n| format!("\"{n}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+pub(crate) use config_enum;
+
 /// What to do when the training loss is NaN or infinite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnNonFinite {
     /// Stop the run with an error naming the step; the last good checkpoint stays on disk.
     #[default]
@@ -75,9 +123,10 @@ pub enum OnNonFinite {
     Skip,
 }
 
+config_enum!(OnNonFinite { Stop => "stop", Skip => "skip" });
+
 /// Numeric precision of the model's forward and backward passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// float32 everywhere.
     #[default]
@@ -88,6 +137,8 @@ pub enum Precision {
     /// Worth it on GPUs and on CPUs with AVX-512 BF16 or AMX; elsewhere libtorch emulates bf16.
     Bf16,
 }
+
+config_enum!(Precision { F32 => "f32", Bf16 => "bf16" });
 
 /// The `[trainer]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +275,15 @@ impl RunConfig {
             message: e.to_string(),
         })?;
         let mut with_context = origin.clone();
+        let env_prefix = format!("{ENV_PREFIX}__");
+        let mut env: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with(&env_prefix))
+            .collect();
+        if !env.is_empty() {
+            env.sort();
+            with_context.push_str(&format!(" with environment {}", env.join(", ")));
+        }
         if !overrides.is_empty() {
             with_context.push_str(&format!(" with overrides {overrides:?}"));
         }

@@ -17,22 +17,24 @@
 //! train on the main thread (as `perplex train` does). Elsewhere than glibc on Linux it does
 //! nothing.
 
-use serde::{Deserialize, Serialize};
+use crate::config::config_enum;
 
 /// The `trainer.host_allocator` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HostAllocator {
     /// Keep freed host memory for reuse instead of returning it to the OS (glibc only).
     #[default]
     Retain,
-    /// The C library's defaults.
+    /// Leave the C library's settings as they are. (In a process where `Retain` was applied
+    /// already, it stays applied: glibc's dynamic threshold cannot be restored.)
     System,
 }
 
+config_enum!(HostAllocator { Retain => "retain", System => "system" });
+
 impl HostAllocator {
-    /// Applies the setting to this process. Returns whether anything changed (false for
-    /// `System`, or when the C library is not glibc, or glibc refused the values).
+    /// Applies the setting to this process. Returns whether it changed the allocator's settings
+    /// now (false for `System`, when the C library is not glibc, or when glibc refused).
     pub fn apply(self) -> bool {
         match self {
             HostAllocator::System => false,
@@ -74,12 +76,20 @@ mod tests {
 
     #[test]
     fn parses_from_config_names() {
-        #[derive(Deserialize)]
+        #[derive(Debug, serde::Deserialize)]
         struct T {
             a: HostAllocator,
         }
         let t: T = toml::from_str("a = \"system\"").unwrap();
         assert_eq!(t.a, HostAllocator::System);
-        assert!(toml::from_str::<T>("a = \"jemalloc\"").is_err());
+        let err = toml::from_str::<T>("a = \"jemalloc\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`jemalloc` is not one of \"retain\", \"system\""),
+            "{err}"
+        );
+        assert!(toml::from_str::<T>("a = { system = {} }").is_err());
+        assert_eq!(HostAllocator::Retain.to_string(), "retain");
     }
 }

@@ -13,7 +13,7 @@ use perplex_data::{
 use perplex_model::{HiddenState, LanguageModel};
 
 use crate::sampling::{Sampler, SamplingOptions};
-use crate::{evaluate, EvalStats, RunConfig, TrainerError};
+use crate::{autocast_bf16, evaluate, EvalStats, Precision, RunConfig, TrainerError};
 
 /// File names a model directory is read from (the writer's names, `run_dir::files`).
 const CONFIG: &str = "config.toml";
@@ -198,13 +198,23 @@ impl LoadedModel {
         )?)
     }
 
+    /// Runs `f` under the run's `trainer.precision`: bf16 autocast for a bf16 run, as the
+    /// trainer's validation does, so that scores match the ones logged in training.
+    fn with_run_precision<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.config.trainer.precision == Precision::Bf16 {
+            autocast_bf16(self.device, f)
+        } else {
+            f()
+        }
+    }
+
     /// Mean NLL, perplexity and bits per token of the model on `batches`, exactly as the trainer
-    /// validates ([`evaluate`]).
+    /// validates ([`evaluate`]; under bf16 autocast for a run trained with `precision = "bf16"`).
     ///
     /// # Errors
     /// Model and loss errors.
     pub fn evaluate(&self, batches: &BpttBatches) -> Result<EvalStats, TrainerError> {
-        evaluate(self.model.as_ref(), batches, self.device)
+        self.with_run_precision(|| evaluate(self.model.as_ref(), batches, self.device))
     }
 
     /// The NLL of every scored token of `ids` (int64 `[n]`), read as [`LoadedModel::batches`]
@@ -222,39 +232,43 @@ impl LoadedModel {
         let batches = self.batches(ids, batch_size, seq_len, "scored text")?;
         let columns = ids.size1()? as usize / batch_size;
         let mut out = Vec::with_capacity(batches.tokens_per_pass());
-        tch::no_grad(|| -> Result<(), TrainerError> {
-            let mut state = self.model.initial_state(batches.batch_size(), self.device);
-            for batch in batches.iter() {
-                let result = self.model.forward(&batch.inputs, &state, false)?;
-                let logits = result.logits();
-                let vocab = logits.size()[2];
-                let nll = logits
-                    .f_view([-1, vocab])?
-                    .f_to_kind(Kind::Float)?
-                    .f_cross_entropy_loss(
-                        &batch.targets.f_reshape([-1])?,
-                        None::<Tensor>,
-                        tch::Reduction::None,
-                        -100,
-                        0.0,
+        self.with_run_precision(|| {
+            tch::no_grad(|| -> Result<(), TrainerError> {
+                let mut state = self.model.initial_state(batches.batch_size(), self.device);
+                for batch in batches.iter() {
+                    let result = self.model.forward(&batch.inputs, &state, false)?;
+                    let logits = result.logits();
+                    let vocab = logits.size()[2];
+                    let nll = logits
+                        .f_view([-1, vocab])?
+                        .f_to_kind(Kind::Float)?
+                        .f_cross_entropy_loss(
+                            &batch.targets.f_reshape([-1])?,
+                            None::<Tensor>,
+                            tch::Reduction::None,
+                            -100,
+                            0.0,
+                        )?;
+                    let nll = Vec::<f64>::try_from(
+                        nll.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?,
                     )?;
-                let nll =
-                    Vec::<f64>::try_from(nll.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
-                let targets =
-                    Vec::<i64>::try_from(batch.targets.f_reshape([-1])?.f_to_device(Device::Cpu)?)?;
-                let len = batch.targets.size()[1] as usize;
-                let start = batch.index * seq_len;
-                for (k, (&id, &loss)) in targets.iter().zip(&nll).enumerate() {
-                    let (row, t) = (k / len, k % len);
-                    out.push(TokenLoss {
-                        position: row * columns + start + t + 1,
-                        id,
-                        nll: loss,
-                    });
+                    let targets = Vec::<i64>::try_from(
+                        batch.targets.f_reshape([-1])?.f_to_device(Device::Cpu)?,
+                    )?;
+                    let len = batch.targets.size()[1] as usize;
+                    let start = batch.index * seq_len;
+                    for (k, (&id, &loss)) in targets.iter().zip(&nll).enumerate() {
+                        let (row, t) = (k / len, k % len);
+                        out.push(TokenLoss {
+                            position: row * columns + start + t + 1,
+                            id,
+                            nll: loss,
+                        });
+                    }
+                    state = result.state;
                 }
-                state = result.state;
-            }
-            Ok(())
+                Ok(())
+            })
         })?;
         out.sort_by_key(|t| t.position);
         Ok(out)

@@ -12,7 +12,7 @@ use perplex_data::{DataSource, LmData};
 use perplex_losses::LossInput;
 use perplex_optim::clip_grad_norm;
 
-use crate::{named_trainable, parse_device, RunConfig, TrainerError};
+use crate::{autocast_bf16, named_trainable, parse_device, Precision, RunConfig, TrainerError};
 
 /// Options of [`lr_find`]; the defaults are fastai's.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,7 +142,8 @@ fn check(options: &LrFindOptions) -> Result<(), TrainerError> {
 }
 
 /// Runs the range test on what `config` describes (data, model, loss, optimiser, device, seed,
-/// threads, `clip_grad_norm`); the optimiser's own `lr` and the config's schedule are ignored.
+/// threads, `precision`, `host_allocator`, `clip_grad_norm`); the optimiser's own `lr`, the
+/// config's schedule, `accumulate` and `clip_grad_value` are not used.
 /// The training split is read in order, wrapping around (hidden state reset) if `steps` exceeds
 /// one epoch. Nothing is written to disk.
 ///
@@ -155,6 +156,7 @@ pub fn lr_find(config: &RunConfig, options: &LrFindOptions) -> Result<LrFindResu
         tch::set_num_threads(tc.threads as i32);
     }
     let device = parse_device(&tc.device)?;
+    tc.host_allocator.apply();
     tch::manual_seed(tc.seed);
     let data = LmData::load(&config.data)?;
     let vs = nn::VarStore::new(device);
@@ -163,6 +165,7 @@ pub fn lr_find(config: &RunConfig, options: &LrFindOptions) -> Result<LrFindResu
     let batches = data.train_batches(device)?;
     tracing::info!(
         device = ?device,
+        precision = %tc.precision,
         steps = options.steps,
         min_lr = options.min_lr,
         max_lr = options.max_lr,
@@ -182,16 +185,25 @@ pub fn lr_find(config: &RunConfig, options: &LrFindOptions) -> Result<LrFindResu
         let batch = batches.get(window).expect("window index is below len()");
         let lr = lr_at(options, i);
         optimizer.set_lr(lr);
-        let out = model.forward(&batch.inputs, &state.detach(), true)?;
-        let loss = config
-            .loss
-            .forward(&LossInput::from_hidden(
-                &out.hidden,
-                &out.head.weight,
-                out.head.bias.as_ref(),
-                &batch.targets,
-            ))?
-            .loss;
+        // Forward and loss under the run's precision, as in `Trainer::fit`.
+        let forward = || -> Result<_, TrainerError> {
+            let out = model.forward(&batch.inputs, &state.detach(), true)?;
+            let loss = config
+                .loss
+                .forward(&LossInput::from_hidden(
+                    &out.hidden,
+                    &out.head.weight,
+                    out.head.bias.as_ref(),
+                    &batch.targets,
+                ))?
+                .loss;
+            Ok((out, loss))
+        };
+        let (out, loss) = if tc.precision == Precision::Bf16 {
+            autocast_bf16(device, forward)?
+        } else {
+            forward()?
+        };
         if loss.dim() != 0 {
             return Err(TrainerError::Config {
                 source_name: "[loss]".into(),

@@ -234,9 +234,9 @@ impl Trainer {
             device = ?device,
             threads = tch::get_num_threads(),
             cuda_available = tch::Cuda::is_available(),
-            precision = ?tc.precision,
-            host_allocator = ?tc.host_allocator,
-            host_memory_retained = retained,
+            precision = %tc.precision,
+            host_allocator = %tc.host_allocator,
+            host_allocator_applied = retained,
             "device chosen"
         );
         if tc.accumulate == 0 || !(config.data.batch_size as u64).is_multiple_of(tc.accumulate) {
@@ -391,6 +391,8 @@ impl Trainer {
             let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
             let mut last_step_end = Instant::now();
             let mut epoch_done = true;
+            // Whether the last step ended with a validation (+ checkpoint) at `eval_every`.
+            let mut just_validated = false;
             for batch in train.iter_from(self.pos.window) {
                 let t0 = Instant::now();
                 let (loss, skipped) =
@@ -433,6 +435,7 @@ impl Trainer {
                 let mid_eval = self.config.eval_every > 0
                     && self.pos.step.is_multiple_of(self.config.eval_every)
                     && self.pos.window < train.len();
+                just_validated = mid_eval;
                 if mid_eval {
                     self.pos.epoch_loss_sum += loss_sum.double_value(&[]);
                     loss_sum = loss_sum.zeros_like();
@@ -451,8 +454,14 @@ impl Trainer {
                 // here. The validation reported for this partial epoch does not count towards
                 // the best metric or early stopping, so a resumed run behaves as an
                 // uninterrupted one.
-                self.save_checkpoint(None, Some(&state))?;
-                let valid_stats = valid.as_ref().map(|v| self.evaluate(v)).transpose()?;
+                // When `max_steps` fell on an `eval_every` step, that validation and its
+                // checkpoint (with the hidden state) are this step's: not done twice.
+                let valid_stats = if just_validated {
+                    self.last_valid
+                } else {
+                    self.save_checkpoint(None, Some(&state))?;
+                    valid.as_ref().map(|v| self.evaluate(v)).transpose()?
+                };
                 let stats = EpochStats {
                     epoch,
                     step: self.pos.step,

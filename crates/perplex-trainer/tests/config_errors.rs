@@ -98,3 +98,17 @@ fn seed_config_file_parses_and_round_trips() {
     let c2 = RunConfig::load(Some(&again), &[]).unwrap();
     assert_eq!(c2.to_toml().unwrap(), toml);
 }
+
+#[test]
+fn bad_enum_values_list_the_accepted_ones() {
+    for (key, bad, listed) in [
+        ("precision", "\"fp16\"", "\"f32\", \"bf16\""),
+        ("host_allocator", "\"jemalloc\"", "\"retain\", \"system\""),
+        ("on_non_finite", "\"ignore\"", "\"stop\", \"skip\""),
+        ("precision", "16", "\"f32\", \"bf16\""),
+    ] {
+        let err = load_err(&format!("[trainer]\n{key} = {bad}\n"), &[]);
+        assert!(err.contains(&format!("trainer.{key}")), "{err}");
+        assert!(err.contains(listed), "{err}");
+    }
+}

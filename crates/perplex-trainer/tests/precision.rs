@@ -4,7 +4,7 @@
 mod common;
 
 use common::tiny_char_config as config;
-use perplex_trainer::{FitSummary, Trainer};
+use perplex_trainer::{FitSummary, LoadedModel, Trainer};
 use tch::Kind;
 
 fn fit(dir: &std::path::Path, run: &str, loss: &str, precision: &str) -> FitSummary {
@@ -42,5 +42,15 @@ fn bf16_autocast_on_the_cpu_trains_close_to_float32() {
         assert_ne!(a, b, "{tag}: bf16 run equals the float32 run");
         assert!((a - b).abs() < 0.03 * a, "{tag}: train {a} vs {b}");
         assert!((va - vb).abs() < 0.03 * va, "{tag}: valid {va} vs {vb}");
+        // A bf16 run's checkpoint is scored under bf16 autocast, as in training.
+        let run = dir.path().join(format!("{tag}-bf16"));
+        let loaded = LoadedModel::load(&run, tch::Device::Cpu).unwrap();
+        let valid = loaded.split_ids("valid").unwrap();
+        let cfg = &loaded.config.data;
+        let batches = loaded
+            .batches(&valid, cfg.batch_size, cfg.seq_len, "valid")
+            .unwrap();
+        let again = loaded.evaluate(&batches).unwrap().loss;
+        assert_eq!(again, vb, "{tag}: eval of the bf16 checkpoint");
     }
 }

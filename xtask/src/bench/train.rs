@@ -777,6 +777,12 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
         p.device, p.threads, load_start[0], load_end[0], ceil,
         ceiling_shape.0, ceiling_shape.1, ceiling_shape.1, ceiling_shape.2
     );
+    if !a.overrides.is_empty() {
+        println!(
+            "perplex side with --set {} (the PyTorch reference runs unchanged, in float32)",
+            a.overrides.join(" --set ")
+        );
+    }
     for t in tables {
         println!("{t}");
     }
