@@ -710,9 +710,12 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
             pairs,
             runs_json,
         } = runs;
-        let vocab = pairs
-            .iter()
-            .find_map(|(a, b)| b.vocab.or(a.vocab))
+        // Each side's own output size: perplex's vocabulary always holds `<unk>`, so at char
+        // level it has one class more (66) than the reference (65); FLOPs use the reference's.
+        let vocab_perplex = pairs.iter().find_map(|(a, _)| a.vocab);
+        let vocab_pytorch = pairs.iter().find_map(|(_, b)| b.vocab);
+        let vocab = vocab_pytorch
+            .or(vocab_perplex)
             .unwrap_or(if level == "word" { 10_001.0 } else { 65.0 });
         let flop = flop_per_step(&side.shapes, vocab);
         let pp: Vec<&RunOutcome> = pairs.iter().map(|(a, _)| a).collect();
@@ -730,6 +733,8 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
         };
         let entry = json!({
             "vocab": vocab,
+            "vocab_perplex": vocab_perplex,
+            "vocab_pytorch": vocab_pytorch,
             "tokens_per_step": side.shapes.tokens(),
             "gflop_per_step": flop / 1e9,
             "shapes": {
@@ -801,9 +806,15 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
 }
 
 fn table(level: &str, e: &Value, p: &Plan, ceil: f64) -> String {
+    let (vp, vy) = (f(e, "vocab_perplex"), f(e, "vocab_pytorch"));
+    let vocab = if vp.is_finite() && vy.is_finite() && vp != vy {
+        format!("{vp} (perplex, with <unk>) / {vy} (PyTorch)")
+    } else {
+        f(e, "vocab").to_string()
+    };
     let mut s = format!(
         "\n{level} level: V = {}, {} tokens/step, {:.1} GFLOP/step; {} pair(s) x ({} warm-up + {} timed steps)\n",
-        f(e, "vocab"),
+        vocab,
         f(e, "tokens_per_step"),
         f(e, "gflop_per_step"),
         p.pairs,
