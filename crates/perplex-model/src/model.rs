@@ -24,8 +24,12 @@ impl HiddenState {
         out.into_iter().map(HiddenState).collect()
     }
 
-    /// Joins slices made by [`HiddenState::chunk`] back along the batch.
+    /// Joins slices made by [`HiddenState::chunk`] back along the batch. One part is returned
+    /// as is (shallow clones, no copy).
     pub fn cat(parts: &[HiddenState]) -> HiddenState {
+        if let [one] = parts {
+            return HiddenState(one.0.iter().map(Tensor::shallow_clone).collect());
+        }
         let n = parts.first().map(|p| p.0.len()).unwrap_or(0);
         HiddenState(
             (0..n)

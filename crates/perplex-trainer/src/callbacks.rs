@@ -306,6 +306,8 @@ impl Callback for MetricsLogger {
 pub struct ProgressBar {
     bar: Option<indicatif::ProgressBar>,
     epoch: u64,
+    /// Whether stderr is a terminal, asked once (not a system call per step).
+    enabled: bool,
 }
 
 /// The process-wide bar container. A binary's log writer should print through
@@ -321,11 +323,8 @@ impl ProgressBar {
         Self {
             bar: None,
             epoch: 0,
+            enabled: std::io::stderr().is_terminal(),
         }
-    }
-
-    fn enabled() -> bool {
-        std::io::stderr().is_terminal()
     }
 }
 
@@ -337,7 +336,7 @@ impl Default for ProgressBar {
 
 impl Callback for ProgressBar {
     fn on_step_end(&mut self, e: &StepEvent) -> Result<Vec<Action>, TrainerError> {
-        if !Self::enabled() {
+        if !self.enabled {
             return Ok(Vec::new());
         }
         if self.bar.is_none() || self.epoch != e.epoch {

@@ -595,10 +595,16 @@ impl Trainer {
         let teacher_states = teacher_state.as_ref().map(|s| s.chunk(k));
         // The whole batch's token count normalises every micro-batch's mean, so the summed
         // gradient equals the full batch's (never an average of micro-batch means).
-        let normalizer =
-            (k > 1).then(|| Tensor::from(batch.targets.numel() as f64).to_device(self.device));
+        // Made on the device (`full`), not copied from the host: no synchronisation per step.
+        let normalizer = (k > 1).then(|| {
+            Tensor::full(
+                [],
+                batch.targets.numel() as f64,
+                (Kind::Double, self.device),
+            )
+        });
         self.optimizer.zero_grad();
-        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        let mut total: Option<Tensor> = None;
         let mut new_states = Vec::with_capacity(k as usize);
         let mut new_teacher_states = Vec::new();
         let autocast = self.config.precision == Precision::Bf16;
@@ -643,9 +649,14 @@ impl Trainer {
                 });
             }
             loss.f_backward()?;
-            total += loss.detach().to_kind(Kind::Float);
+            let loss = loss.detach().to_kind(Kind::Float);
+            total = Some(match total {
+                Some(t) => t + loss,
+                None => loss,
+            });
             new_states.push(out_state);
         }
+        let total = total.expect("accumulate >= 1 is checked when the trainer is built");
         *state = HiddenState::cat(&new_states);
         if let Some(ts) = teacher_state {
             *ts = HiddenState::cat(&new_teacher_states);
@@ -670,7 +681,7 @@ impl Trainer {
                             value = v,
                             "non-finite loss: batch skipped"
                         );
-                        self.optimizer.zero_grad();
+                        // The next step starts with `zero_grad`.
                         return Ok((total, true));
                     }
                 }
