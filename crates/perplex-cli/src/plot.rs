@@ -32,7 +32,7 @@ pub fn run(args: PlotArgs) -> anyhow::Result<()> {
             args.run_dir.display()
         );
     }
-    let metrics = args.run_dir.join("metrics.jsonl");
+    let metrics = args.run_dir.join(perplex_trainer::run_dir::files::METRICS);
     if !metrics.is_file() {
         bail!(
             "{} not found: the run has not logged any metrics yet (it is written as training \
@@ -63,9 +63,12 @@ pub fn run(args: PlotArgs) -> anyhow::Result<()> {
     let name = run_name(&args.run_dir);
     // The unit of the loss is the run's tokenizer's; a config that cannot be read (an older or
     // newer format) only loses that detail.
-    let unit = perplex_trainer::RunConfig::load(Some(&args.run_dir.join("config.toml")), &[])
-        .map(|c| c.data.tokenizer.unit())
-        .unwrap_or("token");
+    let unit = perplex_trainer::RunConfig::load(
+        Some(&args.run_dir.join(perplex_trainer::run_dir::files::CONFIG)),
+        &[],
+    )
+    .map(|c| c.data.tokenizer.unit())
+    .unwrap_or("token");
     let files = figure(&log, &name, unit).save(&out.join(STEM))?;
     println!(
         "{} train points, {} validation points, {} learning-rates from {}",

@@ -14,7 +14,7 @@ use tch::{nn, Tensor};
 use perplex_model::HiddenState;
 use perplex_optim::Optimizer;
 
-use crate::run_dir::write_atomically;
+use crate::run_dir::{files, sorted_variables, write_atomically, write_tensors};
 use crate::TrainerError;
 
 /// Directory of checkpoints inside a run directory.
@@ -76,9 +76,7 @@ pub fn save(
         .tempdir_in(&root)
         .map_err(|e| TrainerError::io(&root, e))?;
     let t = tmp.path();
-    let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    weights.sort_by(|a, b| a.0.cmp(&b.0));
-    write_tensors(&t.join("model.safetensors"), &weights)?;
+    write_tensors(&t.join(files::WEIGHTS), &sorted_variables(vs))?;
     write_tensors(&t.join("optimizer.safetensors"), &optimizer.state())?;
     let hidden: Vec<(String, Tensor)> = hidden
         .map(|h| {
@@ -102,20 +100,6 @@ pub fn save(
         std::fs::rename(&tmp_path, &final_dir).map_err(|e| TrainerError::io(&final_dir, e))?;
     }
     Ok(final_dir)
-}
-
-fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainerError> {
-    // safetensors needs contiguous CPU data; an empty file is fine for an empty list.
-    let cpu: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                t.detach().to_device(tch::Device::Cpu).contiguous(),
-            )
-        })
-        .collect();
-    Tensor::write_safetensors(&cpu, path).map_err(|e| TrainerError::io(path, e))
 }
 
 fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, TrainerError> {
@@ -144,9 +128,7 @@ pub fn load(
     optimizer: &mut dyn Optimizer,
 ) -> Result<(Manifest, Option<HiddenState>), TrainerError> {
     let manifest = read_manifest(dir)?;
-    let weights = dir.join("model.safetensors");
-    vs.load(&weights)
-        .map_err(|e| TrainerError::io(&weights, e))?;
+    crate::trainer::load_weights(vs, dir)?;
     let device = vs.device();
     let state: Vec<(String, Tensor)> = read_tensors(&dir.join("optimizer.safetensors"))?
         .into_iter()

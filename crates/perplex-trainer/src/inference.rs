@@ -13,12 +13,9 @@ use perplex_data::{
 use perplex_model::{HiddenState, LanguageModel};
 
 use crate::sampling::{Sampler, SamplingOptions};
-use crate::{autocast_bf16, evaluate, EvalStats, Precision, RunConfig, TrainerError};
+use crate::{evaluate, EvalStats, RunConfig, TrainerError};
 
-/// File names a model directory is read from (the writer's names, `run_dir::files`).
-const CONFIG: &str = "config.toml";
-const VOCAB: &str = "vocab.json";
-const WEIGHTS: &str = "model.safetensors";
+use crate::run_dir::files::{CONFIG, VOCAB, WEIGHTS};
 
 /// How many directories above a checkpoint directory `config.toml` and `vocab.json` may be:
 /// `RUN/checkpoints/<name>/` is two below `RUN/`.
@@ -201,11 +198,7 @@ impl LoadedModel {
     /// Runs `f` under the run's `trainer.precision`: bf16 autocast for a bf16 run, as the
     /// trainer's validation does, so that scores match the ones logged in training.
     fn with_run_precision<T>(&self, f: impl FnOnce() -> T) -> T {
-        if self.config.trainer.precision == Precision::Bf16 {
-            autocast_bf16(self.device, f)
-        } else {
-            f()
-        }
+        self.config.trainer.precision.scope(self.device, f)
     }
 
     /// Mean NLL, perplexity and bits per token of the model on `batches`, exactly as the trainer

@@ -12,7 +12,7 @@ use perplex_data::{DataSource, LmData};
 use perplex_losses::LossInput;
 use perplex_optim::clip_grad_norm;
 
-use crate::{autocast_bf16, named_trainable, parse_device, Precision, RunConfig, TrainerError};
+use crate::{named_trainable, parse_device, RunConfig, TrainerError};
 
 /// Options of [`lr_find`]; the defaults are fastai's.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,11 +199,7 @@ pub fn lr_find(config: &RunConfig, options: &LrFindOptions) -> Result<LrFindResu
                 .loss;
             Ok((out, loss))
         };
-        let (out, loss) = if tc.precision == Precision::Bf16 {
-            autocast_bf16(device, forward)?
-        } else {
-            forward()?
-        };
+        let (out, loss) = tc.precision.scope(device, forward)?;
         if loss.dim() != 0 {
             return Err(TrainerError::Config {
                 source_name: "[loss]".into(),

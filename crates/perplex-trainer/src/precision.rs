@@ -15,6 +15,19 @@
 
 use tch::Device;
 
+use crate::Precision;
+
+impl Precision {
+    /// Runs `f` at this precision on `device`: under [`autocast_bf16`] for `Bf16`, as is for
+    /// `F32`. The one place the trainer, validation, evaluation and `lr_find` choose.
+    pub fn scope<T>(self, device: Device, f: impl FnOnce() -> T) -> T {
+        match self {
+            Precision::F32 => f(),
+            Precision::Bf16 => autocast_bf16(device, f),
+        }
+    }
+}
+
 /// `c10::DeviceType` values (c10/core/DeviceType.h).
 const DEVICE_CPU: i8 = 0;
 const DEVICE_CUDA: i8 = 1;

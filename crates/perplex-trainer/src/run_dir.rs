@@ -76,12 +76,35 @@ pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<(), TrainerError> 
         .suffix(".safetensors")
         .tempfile_in(dir)
         .map_err(|e| TrainerError::io(path, e))?;
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    Tensor::write_safetensors(&named, tmp.path()).map_err(|e| TrainerError::io(path, e))?;
+    write_tensors(tmp.path(), &sorted_variables(vs)).map_err(|e| match e {
+        TrainerError::Io { message, .. } => TrainerError::io(path, message),
+        other => other,
+    })?;
     tmp.persist(path)
         .map_err(|e| TrainerError::io(path, e.error))?;
     Ok(())
+}
+
+/// The variables of `vs` sorted by name (the order they are written in).
+pub(crate) fn sorted_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// Writes `tensors` as safetensors (which needs contiguous CPU data; an empty list gives a
+/// valid empty file).
+pub(crate) fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainerError> {
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.detach().to_device(tch::Device::Cpu).contiguous(),
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&cpu, path).map_err(|e| TrainerError::io(path, e))
 }
 
 /// The directory for a run: `run_dir/run_name`, or `run_dir/run-<unix seconds>`.

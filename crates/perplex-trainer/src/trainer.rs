@@ -495,26 +495,22 @@ impl Trainer {
                     value: train_loss,
                 });
             }
-            let stats_tokens = self.pos.epoch_tokens;
-            let stats_seconds = self.pos.epoch_seconds;
             self.pos.epoch += 1;
             self.pos.window = 0;
-            let valid_stats = match self.validate_and_checkpoint(valid.as_ref(), None)? {
-                Some(reason) => {
-                    stop = stop.or(Some(reason));
-                    self.last_valid
-                }
-                None => self.last_valid,
-            };
+            if let Some(reason) = self.validate_and_checkpoint(valid.as_ref(), None)? {
+                stop = stop.or(Some(reason));
+            }
+            let valid_stats = self.last_valid;
             let stats = EpochStats {
                 epoch,
                 step: self.pos.step,
                 complete: true,
                 train_loss,
                 valid: valid_stats,
-                tokens_per_sec: stats_tokens as f64 / stats_seconds.max(1e-9),
+                // The epoch's counters are reset when the next epoch starts.
+                tokens_per_sec: self.pos.epoch_tokens as f64 / self.pos.epoch_seconds.max(1e-9),
                 lr: self.optimizer.lr(),
-                train_seconds: stats_seconds,
+                train_seconds: self.pos.epoch_seconds,
             };
             let mut actions = Vec::new();
             for c in &mut self.callbacks {
@@ -607,7 +603,6 @@ impl Trainer {
         let mut total: Option<Tensor> = None;
         let mut new_states = Vec::with_capacity(k as usize);
         let mut new_teacher_states = Vec::new();
-        let autocast = self.config.precision == Precision::Bf16;
         for i in 0..k as usize {
             // Forward and loss run under autocast together (as in PyTorch), so the loss's
             // projection sees one dtype; every loss computes its value in float32.
@@ -632,11 +627,7 @@ impl Trainer {
                 let loss = self.loss.forward(&input)?.loss;
                 Ok((loss, out.state, teacher.map(|(_, s)| s)))
             };
-            let (loss, out_state, teacher_out) = if autocast {
-                crate::precision::autocast_bf16(self.device, step)?
-            } else {
-                step()?
-            };
+            let (loss, out_state, teacher_out) = self.config.precision.scope(self.device, step)?;
             if let Some(s) = teacher_out {
                 new_teacher_states.push(s);
             }
@@ -809,12 +800,9 @@ impl Trainer {
     /// # Errors
     /// Model and loss errors.
     pub fn evaluate(&self, batches: &BpttBatches) -> Result<EvalStats, TrainerError> {
-        let run = || evaluate(self.model.as_ref(), batches, self.device);
-        if self.config.precision == Precision::Bf16 {
-            crate::precision::autocast_bf16(self.device, run)
-        } else {
-            run()
-        }
+        self.config.precision.scope(self.device, || {
+            evaluate(self.model.as_ref(), batches, self.device)
+        })
     }
 }
 
