@@ -221,6 +221,9 @@ impl LinearCrossEntropy {
         let mut values = Vec::new();
         let mut total = Tensor::f_scalar_tensor(0.0, (kind, dev))?;
         let mut z_sum = Tensor::f_scalar_tensor(0.0, (kind, dev))?;
+        // The gradient accumulators are `kind`; matmuls write into them directly when the
+        // matmul dtype is the same.
+        let same_kind = kind == mm_kind;
         let mut start = 0;
         for len in chunk_lengths(n, self.chunk_size) {
             let hc = h.f_narrow(0, start, len)?;
@@ -233,19 +236,22 @@ impl LinearCrossEntropy {
             // spent faulting in fresh pages.
             let mut buf = hc.f_linear(&weight, bias.as_ref())?.f_to_kind(kind)?;
             let z_target = buf.f_gather(1, &safe, false)?.f_squeeze_dim(1)?;
-            // Σ_c z_c for the smoothing term, in float64: `Σ_c -lp_c = V · lse - Σ_c z_c`.
-            let z_total = if eps > 0.0 {
-                Some(buf.f_sum_dim_intlist(-1, false, Kind::Double)?)
-            } else {
-                None
-            };
             // logsumexp as libtorch computes it (an infinite max is replaced by 0).
             let max = buf.f_amax([-1], true)?;
             let max = max.f_masked_fill(&max.f_isinf()?, 0.0)?;
             let _ = buf.f_sub_(&max)?;
+            // Σ_c (z_c - max) for the smoothing term, read from the shifted block before `exp`:
+            // `Σ_c -lp_c = V · log Σ_c exp(z_c - max) - Σ_c (z_c - max)`, a sum of two
+            // non-negative terms (no cancellation, so no float64 copy of the block is needed).
+            let shifted_total = if eps > 0.0 {
+                Some(buf.f_sum_dim_intlist(-1, false, kind)?)
+            } else {
+                None
+            };
             let _ = buf.f_exp_()?;
             let sum_exp = buf.f_sum_dim_intlist(-1, true, kind)?;
-            let lse = sum_exp.f_log()?.f_add(&max)?.f_squeeze_dim(1)?;
+            let log_sum_exp = sum_exp.f_log()?;
+            let lse = log_sum_exp.f_add(&max)?.f_squeeze_dim(1)?;
             // Value.
             let nll = lse.f_sub(&z_target)?;
             let mut val = if eps < 1.0 {
@@ -253,12 +259,11 @@ impl LinearCrossEntropy {
             } else {
                 nll.f_zeros_like()?
             };
-            if let Some(total) = &z_total {
-                let smooth = lse
-                    .f_to_kind(Kind::Double)?
+            if let Some(shifted) = &shifted_total {
+                let smooth = log_sum_exp
+                    .f_squeeze_dim(1)?
                     .f_mul_scalar(vocab as f64)?
-                    .f_sub(total)?
-                    .f_to_kind(kind)?;
+                    .f_sub(shifted)?;
                 val = val.f_add(&smooth.f_mul_scalar(eps / vocab as f64)?)?;
             }
             if zc > 0.0 {
@@ -295,7 +300,7 @@ impl LinearCrossEntropy {
                 let dzm = dz.f_to_kind(mm_kind)?;
                 // Accumulated in place where the dtypes allow (no `[vocab, H]` temporary).
                 if let Some(gw) = grad_weight.as_mut() {
-                    if gw.kind() == mm_kind {
+                    if same_kind {
                         let _ = gw.f_addmm_(&dzm.f_tr()?, &hc)?;
                     } else {
                         let _ = gw.f_add_(&dzm.f_tr()?.f_mm(&hc)?.f_to_kind(kind)?)?;
@@ -303,7 +308,7 @@ impl LinearCrossEntropy {
                 }
                 if let Some(gh) = grad_hidden.as_ref() {
                     let mut rows = gh.f_narrow(0, start, len)?;
-                    if gh.kind() == mm_kind {
+                    if same_kind {
                         let _ = dzm.f_mm_out(&rows, &weight)?;
                     } else {
                         rows.f_copy_(&dzm.f_mm(&weight)?.f_to_kind(kind)?)?;

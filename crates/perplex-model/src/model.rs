@@ -13,7 +13,10 @@ use crate::ModelError;
 pub struct HiddenState(pub Vec<Tensor>);
 
 impl HiddenState {
-    /// Splits the batch into `parts` equal slices (for gradient accumulation over micro-batches).
+    /// Splits the batch (dimension 1 of every tensor, `[layers, batch, hidden]` for the GRU)
+    /// into `parts` slices of `batch / parts` rows, for gradient accumulation over
+    /// micro-batches. `parts` must divide the batch size (the trainer checks `accumulate`);
+    /// otherwise libtorch's `chunk` gives fewer, unequal slices.
     pub fn chunk(&self, parts: i64) -> Vec<HiddenState> {
         let mut out: Vec<Vec<Tensor>> = (0..parts).map(|_| Vec::new()).collect();
         for t in &self.0 {
@@ -24,8 +27,11 @@ impl HiddenState {
         out.into_iter().map(HiddenState).collect()
     }
 
-    /// Joins slices made by [`HiddenState::chunk`] back along the batch. One part is returned
-    /// as is (shallow clones, no copy).
+    /// Joins slices made by [`HiddenState::chunk`] back along the batch (dimension 1). One part
+    /// is returned as is (shallow clones, no copy).
+    ///
+    /// # Panics
+    /// If the parts hold different numbers of tensors, or shapes that do not concatenate.
     pub fn cat(parts: &[HiddenState]) -> HiddenState {
         if let [one] = parts {
             return HiddenState(one.0.iter().map(Tensor::shallow_clone).collect());
