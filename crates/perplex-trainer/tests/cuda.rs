@@ -29,8 +29,7 @@ run_name = "cuda"
         common::tiny_shakespeare().display(),
         dir.path().display()
     );
-    let p = dir.path().join("cuda.toml");
-    std::fs::write(&p, body).unwrap();
+    let p = common::write_config(&dir, &body);
     let mut t = Trainer::from_config(RunConfig::load(Some(&p), &[]).unwrap()).unwrap();
     assert!(t.device().is_cuda());
     t.fit().unwrap();
