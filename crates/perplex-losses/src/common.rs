@@ -167,3 +167,34 @@ pub(crate) fn check_finite(
     }
     Ok(())
 }
+
+/// Checks an output head against the hidden states: `hidden [..., H]`, `weight [vocab, H]`,
+/// `bias [vocab]`; the error names both shapes.
+pub(crate) fn check_head(
+    hidden: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(), LossError> {
+    let (hs, ws) = (hidden.size(), weight.size());
+    if ws.len() != 2 || hs.is_empty() || hs.last() != ws.last() {
+        return Err(LossError::ShapeMismatch {
+            a: "hidden",
+            a_shape: hs,
+            b: "weight",
+            b_shape: ws,
+            expected: "hidden [..., H] and weight [vocab, H]".into(),
+        });
+    }
+    if let Some(b) = bias {
+        if b.size() != [ws[0]] {
+            return Err(LossError::ShapeMismatch {
+                a: "bias",
+                a_shape: b.size(),
+                b: "weight",
+                b_shape: ws,
+                expected: "bias [vocab] for weight [vocab, H]".into(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -130,7 +130,7 @@ impl<'a> LossInput<'a> {
                 weight,
                 bias,
             } => {
-                crate::linear_cross_entropy::check_head(hidden, weight, bias)?;
+                crate::common::check_head(hidden, weight, bias)?;
                 hidden.f_linear(weight, bias)?
             }
             Source::Probs(p) => p.f_log()?,

@@ -3,8 +3,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::common::{
-    check_finite, check_probability, class_targets, compute_kind, flat2, reduce, safe_denominator,
-    zero_ignored_rows,
+    check_finite, check_head, check_probability, class_targets, compute_kind, flat2, reduce,
+    safe_denominator, zero_ignored_rows,
 };
 use crate::softmax_cross_entropy::counted;
 use crate::{Loss, LossError, LossInfo, LossInput, LossOutput, Reduction};
@@ -334,37 +334,6 @@ impl LinearCrossEntropy {
             grad_bias,
         })
     }
-}
-
-/// Checks an output head against the hidden states: `hidden [..., H]`, `weight [vocab, H]`,
-/// `bias [vocab]`; the error names both shapes.
-pub(crate) fn check_head(
-    hidden: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<(), LossError> {
-    let (hs, ws) = (hidden.size(), weight.size());
-    if ws.len() != 2 || hs.is_empty() || hs.last() != ws.last() {
-        return Err(LossError::ShapeMismatch {
-            a: "hidden",
-            a_shape: hs,
-            b: "weight",
-            b_shape: ws,
-            expected: "hidden [..., H] and weight [vocab, H]".into(),
-        });
-    }
-    if let Some(b) = bias {
-        if b.size() != [ws[0]] {
-            return Err(LossError::ShapeMismatch {
-                a: "bias",
-                a_shape: b.size(),
-                b: "weight",
-                b_shape: ws,
-                expected: "bias [vocab] for weight [vocab, H]".into(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// `Σ a ⊙ g` (in `g`'s dtype), the surrogate term whose gradient w.r.t. `a` is `g`.

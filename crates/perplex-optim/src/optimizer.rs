@@ -22,7 +22,12 @@ pub trait Optimizer: Debug + Send {
 
     /// Sets every parameter's gradient to zero.
     fn zero_grad(&mut self) {
-        zero_grads(self.params());
+        for (_, p) in self.params() {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.f_zero_();
+            }
+        }
     }
 
     /// The learning rate the next step uses.
@@ -199,15 +204,6 @@ macro_rules! optimizer_accessors {
     };
 }
 pub(crate) use optimizer_accessors;
-
-fn zero_grads(params: &NamedParams) {
-    for (_, p) in params {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.f_zero_();
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -157,8 +157,18 @@ pub struct MetricsLogger {
     window_seconds: f64,
 }
 
-/// Columns of `metrics.csv`.
-pub const CSV_HEADER: &str = "kind,epoch,step,loss,perplexity,lr,tokens_per_sec,step_ms,elapsed_s";
+/// Columns of `metrics.csv`, in order (each a key of the JSON records).
+pub const CSV_COLUMNS: [&str; 9] = [
+    "kind",
+    "epoch",
+    "step",
+    "loss",
+    "perplexity",
+    "lr",
+    "tokens_per_sec",
+    "step_ms",
+    "elapsed_s",
+];
 
 impl MetricsLogger {
     /// Logs every `every` steps (0: only validations and epochs); writes files under `dir`.
@@ -186,20 +196,8 @@ impl MetricsLogger {
                 })
                 .unwrap_or_default()
         };
-        let row = [
-            "kind",
-            "epoch",
-            "step",
-            "loss",
-            "perplexity",
-            "lr",
-            "tokens_per_sec",
-            "step_ms",
-            "elapsed_s",
-        ]
-        .map(get)
-        .join(",");
-        append_line(&csv_path, CSV_HEADER, &row)
+        let row = CSV_COLUMNS.map(get).join(",");
+        append_line(&csv_path, &CSV_COLUMNS.join(","), &row)
     }
 }
 

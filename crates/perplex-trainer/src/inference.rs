@@ -298,7 +298,7 @@ impl LoadedModel {
         options: &SamplingOptions,
     ) -> Result<Generation, TrainerError> {
         // Refuse bad options before reading the prompt.
-        Sampler::new(options, self.vocab.len() as i64, self.device)?;
+        let sampler = Sampler::new(options, self.vocab.len() as i64, self.device)?;
         let kind = self.tokenizer_kind();
         let tokenizer = kind.tokenizer();
         let mut prompt_tokens = tokenizer.tokenize(prompt);
@@ -335,7 +335,7 @@ impl LoadedModel {
                 ),
             });
         }
-        let ids = tch::no_grad(|| self.sample_ids(&feed, options))?;
+        let ids = tch::no_grad(|| self.sample_ids(&feed, options, sampler))?;
         let mut tokens: Vec<&str> = prompt_tokens.iter().map(String::as_str).collect();
         tokens.extend(
             ids.iter()
@@ -354,8 +354,8 @@ impl LoadedModel {
         &self,
         feed: &[i64],
         options: &SamplingOptions,
+        mut sampler: Sampler,
     ) -> Result<Vec<i64>, TrainerError> {
-        let mut sampler = Sampler::new(options, self.vocab.len() as i64, self.device)?;
         let input = ids_to_tensor(feed)
             .f_to_device(self.device)?
             .f_view([1, -1])?;

@@ -459,7 +459,7 @@ impl Trainer {
                 let valid_stats = if just_validated {
                     self.last_valid
                 } else {
-                    self.save_checkpoint(None, Some(&state))?;
+                    self.save_checkpoint(false, Some(&state))?;
                     valid.as_ref().map(|v| self.evaluate(v)).transpose()?
                 };
                 let stats = EpochStats {
@@ -740,13 +740,13 @@ impl Trainer {
             }
             stop = first_stop(&actions);
         }
-        self.save_checkpoint(improved.then_some(()), hidden)?;
+        self.save_checkpoint(improved, hidden)?;
         Ok(stop)
     }
 
     fn save_checkpoint(
         &mut self,
-        best: Option<()>,
+        best: bool,
         hidden: Option<&HiddenState>,
     ) -> Result<(), TrainerError> {
         let Some(dir) = self.run_dir.clone() else {
@@ -772,7 +772,7 @@ impl Trainer {
             &self.pos,
         )?;
         checkpoint::prune(&dir, self.config.keep_last.max(1));
-        if best.is_some() {
+        if best {
             checkpoint::save(
                 &dir,
                 checkpoint::BEST,
