@@ -53,6 +53,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Print the workspace this xtask acts on (found at run time from the current directory).
+    Root,
     /// Benchmarks: `train` (perplex vs the PyTorch eager reference, side by side) and `losses`
     /// (naive vs chunked output cross-entropy: time and peak memory). Results in
     /// `<target>/bench/*.json`.
@@ -61,7 +63,11 @@ enum Task {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    let result = find_workspace_root().and_then(|root| {
+        WORKSPACE_ROOT.get_or_init(|| root);
+        run(cli)
+    });
+    if let Err(e) = result {
         eprintln!("xtask error: {e:#}");
         std::process::exit(1);
     }
@@ -121,6 +127,10 @@ fn run(cli: Cli) -> Result<()> {
                 a.extend(args.iter().map(String::as_str));
             }
             cargo(&torch, &a)
+        }
+        Task::Root => {
+            println!("{}", workspace_root().display());
+            Ok(())
         }
         Task::Bench(args) => {
             let torch = setup()?;
@@ -264,16 +274,50 @@ fn apply_env(cmd: &mut Command, torch: &Option<Torch>) {
     }
 }
 
-/// The workspace root: `$XTASK_WORKSPACE_ROOT` when set (a prebuilt xtask run from a copy of the
-/// tree elsewhere, e.g. by `scripts/gpu-check.sh`), else where xtask was compiled.
-fn workspace_root() -> PathBuf {
+static WORKSPACE_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The workspace xtask was invoked in, found at run time (never a path compiled into the binary:
+/// with a `CARGO_TARGET_DIR` shared between clones, cargo may run an xtask built in another
+/// clone). `$XTASK_WORKSPACE_ROOT` when set (a prebuilt xtask run from a copy of the tree, e.g. by
+/// `scripts/gpu-check.sh`), else `cargo locate-project --workspace` from the current directory.
+fn find_workspace_root() -> Result<PathBuf> {
     if let Some(r) = std::env::var_os("XTASK_WORKSPACE_ROOT") {
-        return PathBuf::from(r);
+        return Ok(PathBuf::from(r));
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .output()
+        .with_context(|| format!("running {cargo:?} locate-project"))?;
+    if !out.status.success() {
+        bail!(
+            "`cargo locate-project --workspace` failed in {}: run `cargo xtask` inside the perplex \
+             checkout ({})",
+            std::env::current_dir().unwrap_or_default().display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let manifest = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let root = manifest
         .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+        .context("cargo locate-project printed no directory")?
+        .to_path_buf();
+    if !root.join("xtask").join("Cargo.toml").is_file() {
+        bail!(
+            "{} is not the perplex workspace (it has no xtask/): run `cargo xtask` inside the \
+             perplex checkout",
+            root.display()
+        );
+    }
+    Ok(root)
+}
+
+/// The workspace root found by [`find_workspace_root`] when xtask started.
+fn workspace_root() -> PathBuf {
+    WORKSPACE_ROOT
+        .get()
+        .cloned()
+        .expect("main sets the workspace root before running a task")
 }
 
 fn perplex_bin() -> PathBuf {

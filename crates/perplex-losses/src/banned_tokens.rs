@@ -112,4 +112,8 @@ impl Loss for BannedTokens {
         let loss = reduce(per, &count, self.reduction, input, &input.targets.size())?;
         Ok(LossOutput::new(loss, count))
     }
+
+    fn normalizer(&self, targets: &tch::Tensor) -> Result<tch::Tensor, LossError> {
+        crate::counted_normalizer(targets, self.ignore_index, None)
+    }
 }

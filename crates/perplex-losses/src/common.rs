@@ -97,8 +97,7 @@ pub(crate) fn reduce_sum_mean(
     count: &Tensor,
     input: &LossInput,
 ) -> Result<Tensor, LossError> {
-    let d = input.normalizer.unwrap_or(count);
-    let d = d.f_to_kind(sum.kind())?;
+    let d = input.mean_denominator(count, sum.kind())?;
     Ok(sum.f_div(&safe_denominator(&d)?)?)
 }
 

@@ -1,12 +1,13 @@
 //! What a loss sees: the model's output, the targets and the normaliser.
 use std::cell::OnceCell;
+use std::rc::Rc;
 
 use tch::{Kind, Tensor};
 
 use crate::LossError;
 
 /// Where the predictions come from.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Source<'a> {
     /// Final hidden states and the output head; logits are computed only if a loss asks.
     Hidden {
@@ -36,11 +37,14 @@ enum Source<'a> {
 #[derive(Debug)]
 pub struct LossInput<'a> {
     source: Source<'a>,
-    logits: OnceCell<Tensor>,
+    /// Shared with the views [`LossInput::with_term_normalizer`] makes, so that the terms of a
+    /// composite loss compute the logits once.
+    logits: Rc<OnceCell<Tensor>>,
     /// Targets: int64 ids `[batch, seq]` / `[N]`, or probabilities `[..., vocab]`.
     pub targets: &'a Tensor,
-    /// Denominator for `mean`: the number of counted tokens (or target-weight sum) over the whole
-    /// accumulated batch. `None` normalises by this micro-batch's own count.
+    /// Denominator for `mean` over the whole accumulated batch (all micro-batches, all ranks):
+    /// the sum of [`crate::Loss::normalizer`] over them, float64 `[terms]`. `None` normalises by
+    /// this micro-batch's own count.
     pub normalizer: Option<&'a Tensor>,
     /// Teacher logits `[..., vocab]` for distillation losses.
     pub teacher_logits: Option<&'a Tensor>,
@@ -83,17 +87,44 @@ impl<'a> LossInput<'a> {
     fn new(source: Source<'a>, targets: &'a Tensor) -> Self {
         Self {
             source,
-            logits: OnceCell::new(),
+            logits: Rc::new(OnceCell::new()),
             targets,
             normalizer: None,
             teacher_logits: None,
         }
     }
 
-    /// Sets the global denominator of `mean` (token count of the whole accumulated batch).
+    /// Sets the global denominator of `mean`: [`crate::Loss::normalizer`] summed over every
+    /// micro-batch (and rank) of the step, float64 `[terms]` (`[1]` for a single loss; a scalar is
+    /// accepted too). Each micro-batch's `mean` then divides by it, so the summed micro-batch
+    /// losses and gradients equal the whole batch's.
     pub fn with_normalizer(mut self, normalizer: &'a Tensor) -> Self {
         self.normalizer = Some(normalizer);
         self
+    }
+
+    /// The same input with another normaliser (`None`: the micro-batch's own count), sharing the
+    /// cached logits: how a composite loss hands each term its own denominator.
+    pub fn with_term_normalizer<'b>(&'b self, normalizer: Option<&'b Tensor>) -> LossInput<'b> {
+        LossInput {
+            source: self.source,
+            logits: Rc::clone(&self.logits),
+            targets: self.targets,
+            normalizer,
+            teacher_logits: self.teacher_logits,
+        }
+    }
+
+    /// The denominator of `mean` in `kind`: the global normaliser (summed over its terms) when
+    /// one was given, else `count`, this micro-batch's own.
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn mean_denominator(&self, count: &Tensor, kind: Kind) -> Result<Tensor, LossError> {
+        Ok(match self.normalizer {
+            Some(n) => n.f_sum(Kind::Double)?.f_to_kind(kind)?,
+            None => count.f_to_kind(kind)?,
+        })
     }
 
     /// Sets teacher logits `[..., vocab]` for distillation.

@@ -4,7 +4,9 @@
 //! write in config (`[loss] type = "softmax_cross_entropy"`), and lists itself for
 //! `perplex losses` through [`registry`]. A loss sees what the model produced ([`LossInput`]:
 //! hidden states and output head, logits computed lazily) and returns a [`LossOutput`]: the loss,
-//! the number of tokens it normalised by, and named metrics.
+//! the number of tokens it normalised by, and named metrics. [`Loss::normalizer`] reports the
+//! denominator of its `mean` for any targets, so that gradient accumulation and data-parallel
+//! training divide once by the whole step's denominator ([`normalizer`]).
 //!
 //! # Losses
 //!
@@ -42,8 +44,10 @@ mod common;
 pub mod error;
 pub mod input;
 pub mod metrics;
+pub mod normalizer;
 pub mod output;
 pub mod registry;
+pub mod testing;
 
 // Losses, one module each (`type` name in brackets).
 pub mod banned_tokens; // [banned_tokens] cross-entropy + penalty on configured token ids
@@ -65,6 +69,7 @@ pub use focal::Focal;
 pub use input::LossInput;
 pub use linear_cross_entropy::LinearCrossEntropy;
 pub use nll::Nll;
+pub use normalizer::counted_normalizer;
 pub use output::{LossOutput, Reduction};
 pub use registry::{registered_losses, LossInfo};
 pub use softmax_cross_entropy::SoftmaxCrossEntropy;
@@ -87,4 +92,22 @@ pub trait Loss: std::fmt::Debug + Send + Sync {
     /// # Errors
     /// [`LossError`] for inputs of the wrong shape, dtype or range, and for bad options.
     fn forward(&self, input: &LossInput) -> Result<LossOutput, LossError>;
+
+    /// The denominators this loss's `mean` divides by for `targets` (int64 `[batch, seq]`, or
+    /// probabilities `[batch, seq, vocab]`): float64 `[normalizer_terms()]` on the targets'
+    /// device, each a sum over positions (counted tokens, or the sum of the targets' class
+    /// weights; see [`counted_normalizer`]).
+    ///
+    /// Gradient accumulation sums it over the micro-batches of a step (data-parallel training
+    /// also over ranks) and gives the sum back with [`LossInput::with_normalizer`], so the summed
+    /// micro-batch losses and gradients equal those of the whole batch in one piece.
+    ///
+    /// # Errors
+    /// libtorch errors.
+    fn normalizer(&self, targets: &tch::Tensor) -> Result<tch::Tensor, LossError>;
+
+    /// How many denominators [`Loss::normalizer`] returns: 1, or one per term of a composite loss.
+    fn normalizer_terms(&self) -> usize {
+        1
+    }
 }

@@ -367,7 +367,7 @@ impl Loss for LinearCrossEntropy {
         let h = hidden.f_reshape([-1, hdim])?;
         let den = match self.reduction {
             Reduction::Mean => {
-                let d = input.normalizer.unwrap_or(&count).f_to_kind(kind)?;
+                let d = input.mean_denominator(&count, kind)?;
                 safe_denominator(&d)?
             }
             Reduction::Sum | Reduction::None => Tensor::f_scalar_tensor(1.0, (kind, h.device()))?,
@@ -436,6 +436,10 @@ impl Loss for LinearCrossEntropy {
             count,
             metrics,
         })
+    }
+
+    fn normalizer(&self, targets: &tch::Tensor) -> Result<tch::Tensor, LossError> {
+        crate::counted_normalizer(targets, self.ignore_index, None)
     }
 }
 

@@ -175,4 +175,8 @@ impl Loss for SoftmaxCrossEntropy {
         };
         Ok(LossOutput::new(loss, count))
     }
+
+    fn normalizer(&self, targets: &tch::Tensor) -> Result<tch::Tensor, LossError> {
+        crate::counted_normalizer(targets, self.ignore_index, self.weight.as_deref())
+    }
 }

@@ -40,7 +40,10 @@ impl Term {
 /// ]
 /// ```
 ///
-/// Every term sees the same [`LossInput`] (logits computed from hidden states once and shared).
+/// Every term sees the same [`LossInput`] (logits computed from hidden states once and shared),
+/// except for the normaliser: each term's `mean` divides by its own denominator
+/// ([`Loss::normalizer`] returns one per term), so accumulation stays exact when terms count
+/// differently (a class-weighted cross-entropy plus a z-loss).
 /// The result's `count` is the first term's; each term's value (detached, before its weight;
 /// summed when the term's reduction is `none`) is logged as a metric named after its `type`
 /// (`z_loss`), or `type_i` with its index `i` when an earlier term has the same type; the inner
@@ -80,6 +83,19 @@ impl Loss for WeightedSum {
                 expected: "at least one term",
             });
         }
+        if let Some(n) = input.normalizer {
+            if n.numel() != self.normalizer_terms() {
+                return Err(LossError::ShapeMismatch {
+                    a: "normalizer",
+                    a_shape: n.size(),
+                    b: "terms",
+                    b_shape: vec![self.normalizer_terms() as i64],
+                    expected: "one denominator per term (Loss::normalizer of this weighted_sum)"
+                        .into(),
+                });
+            }
+        }
+        let mut offset = 0i64;
         let mut total: Option<tch::Tensor> = None;
         let mut count = None;
         let mut metrics = Vec::new();
@@ -94,7 +110,17 @@ impl Loss for WeightedSum {
                     expected: "a finite value",
                 });
             }
-            let out = term.loss.forward(input)?;
+            // Each term divides by its own denominator (a class-weighted cross-entropy by the
+            // weight sum, a z-loss by the token count): its slice of the global normaliser.
+            let terms = term.loss.normalizer_terms() as i64;
+            let slice = input
+                .normalizer
+                .map(|n| n.f_reshape([-1])?.f_narrow(0, offset, terms))
+                .transpose()?;
+            offset += terms;
+            let out = term
+                .loss
+                .forward(&input.with_term_normalizer(slice.as_ref()))?;
             let ty = term.loss.typetag_name();
             let name = if names.contains(&ty) {
                 format!("{ty}_{i}")
@@ -131,5 +157,25 @@ impl Loss for WeightedSum {
             count: count.expect("at least one term"),
             metrics,
         })
+    }
+
+    /// The terms' denominators, concatenated in order.
+    fn normalizer(&self, targets: &tch::Tensor) -> Result<tch::Tensor, LossError> {
+        let parts = self
+            .terms
+            .iter()
+            .map(|t| t.loss.normalizer(targets))
+            .collect::<Result<Vec<_>, _>>()?;
+        if parts.is_empty() {
+            return Ok(tch::Tensor::f_zeros(
+                [0],
+                (tch::Kind::Double, targets.device()),
+            )?);
+        }
+        Ok(tch::Tensor::f_cat(&parts, 0)?)
+    }
+
+    fn normalizer_terms(&self) -> usize {
+        self.terms.iter().map(|t| t.loss.normalizer_terms()).sum()
     }
 }

@@ -229,7 +229,7 @@ proptest! {
         let bt = batch(b, t, v, seed, ignore, 1.5);
         for (name, loss) in all_losses("mean") {
             let full = run(name, loss.as_ref(), &bt.logits, &bt.teacher, &bt.targets, None);
-            let norm = full.count.copy();
+            let norm = loss.normalizer(&bt.targets).unwrap();
             let parts: f64 = [(0, split), (split, b - split)]
                 .iter()
                 .map(|&(s, len)| {

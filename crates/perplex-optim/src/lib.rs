@@ -41,7 +41,7 @@ pub mod sgd;
 
 pub use adagrad::{Adagrad, AdagradConfig};
 pub use adam::{Adam, AdamConfig, AdamWConfig};
-pub use clip::{clip_grad_norm, clip_grad_value};
+pub use clip::{clip_grad_norm, clip_grad_value, first_non_finite_grad, grad_norm};
 pub use error::OptimError;
 pub use optimizer::{NamedParams, Optimizer, OptimizerConfig};
 pub use rmsprop::{Rmsprop, RmspropConfig};

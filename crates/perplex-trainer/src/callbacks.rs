@@ -37,6 +37,9 @@ pub struct StepEvent<'a> {
     pub loss: &'a Tensor,
     /// Learning rate used by this step.
     pub lr: f64,
+    /// Global L2 norm of the gradients before clipping (NaN when the step was skipped for a
+    /// non-finite loss, before the gradient was looked at).
+    pub grad_norm: f64,
     /// Target tokens in this step.
     pub tokens: u64,
     /// Seconds since the previous step ended (host time: on CUDA it is only meaningful when the
@@ -246,10 +249,12 @@ impl Callback for MetricsLogger {
                 tokens_per_sec = format!("{tps:.0}"),
                 step_ms = format!("{step_ms:.1}"),
                 lr = e.lr,
+                grad_norm = format!("{:.4}", e.grad_norm),
                 "train"
             );
             self.write(serde_json::json!({
                 "kind": "train", "epoch": e.epoch, "step": e.step, "loss": loss, "lr": e.lr,
+                "grad_norm": e.grad_norm.is_finite().then_some(e.grad_norm),
                 "tokens_per_sec": tps, "step_ms": step_ms, "elapsed_s": e.elapsed_seconds,
             }))?;
             self.window_steps = 0;

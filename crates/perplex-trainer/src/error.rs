@@ -42,6 +42,18 @@ pub enum TrainerError {
         /// The value read.
         value: f64,
     },
+    /// A gradient held an `inf` or NaN (with `on_non_finite = "stop"`).
+    #[error("the gradient of `{parameter}` became non-finite at step {step} (epoch {epoch}; global gradient norm {norm}); the step was not taken and the last good checkpoint is kept")]
+    NonFiniteGradient {
+        /// Global step (1-based).
+        step: u64,
+        /// Epoch (1-based).
+        epoch: u64,
+        /// The first parameter (by name) whose gradient is not finite.
+        parameter: String,
+        /// The global gradient norm read (inf or NaN).
+        norm: f64,
+    },
     /// Writing or reading run files failed.
     #[error("cannot write or read {path}: {message}")]
     Io {

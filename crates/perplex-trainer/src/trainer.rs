@@ -8,7 +8,10 @@ use tch::{nn, Device, Kind, Tensor};
 use perplex_data::{BpttBatch, BpttBatches, DataSource, LmData};
 use perplex_losses::{metrics::nll_sum, Loss, LossInput};
 use perplex_model::{HiddenState, LanguageModel};
-use perplex_optim::{clip_grad_norm, clip_grad_value, LrSchedule, NamedParams, Optimizer};
+use perplex_optim::{
+    clip_grad_norm, clip_grad_value, first_non_finite_grad, grad_norm, LrSchedule, NamedParams,
+    Optimizer,
+};
 
 use crate::callbacks::{
     Action, Callback, CheckpointEvent, EarlyStopping, EvalEvent, MetricsLogger, ProgressBar,
@@ -79,7 +82,7 @@ pub struct FitSummary {
     pub test: Option<EvalStats>,
     /// Optimiser steps taken in total.
     pub steps: u64,
-    /// Steps skipped for a non-finite loss (`on_non_finite = "skip"`).
+    /// Steps skipped for a non-finite loss or gradient (`on_non_finite = "skip"`).
     pub skipped_steps: u64,
     /// Why training stopped early, if it did.
     pub stopped_early: Option<String>,
@@ -109,6 +112,8 @@ pub struct Trainer {
     started: Instant,
     first_step_seconds: Option<f64>,
     last_valid: Option<EvalStats>,
+    /// Global gradient norm of the last step, before clipping.
+    last_grad_norm: f64,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -168,6 +173,7 @@ impl Trainer {
             started: Instant::now(),
             first_step_seconds: None,
             last_valid: None,
+            last_grad_norm: 0.0,
         }
     }
 
@@ -423,6 +429,7 @@ impl Trainer {
                     windows: train.len(),
                     loss: &loss,
                     lr: self.optimizer.lr(),
+                    grad_norm: self.last_grad_norm,
                     tokens,
                     step_seconds,
                     elapsed_seconds: self.started.elapsed().as_secs_f64(),
@@ -582,6 +589,7 @@ impl Trainer {
         teacher_state: Option<&mut HiddenState>,
         epoch: u64,
     ) -> Result<(Tensor, bool), TrainerError> {
+        self.last_grad_norm = f64::NAN;
         // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
         tch::manual_seed(self.config.seed.wrapping_add(self.pos.step as i64));
         let k = self.config.accumulate as i64;
@@ -589,16 +597,13 @@ impl Trainer {
         let targets = batch.targets.chunk(k, 0);
         let states = state.chunk(k);
         let teacher_states = teacher_state.as_ref().map(|s| s.chunk(k));
-        // The whole batch's token count normalises every micro-batch's mean, so the summed
-        // gradient equals the full batch's (never an average of micro-batch means).
-        // Made on the device (`full`), not copied from the host: no synchronisation per step.
-        let normalizer = (k > 1).then(|| {
-            Tensor::full(
-                [],
-                batch.targets.numel() as f64,
-                (Kind::Double, self.device),
-            )
-        });
+        // Every micro-batch's `mean` divides by the whole batch's denominator, which the loss
+        // reports (counted tokens, or the sum of the targets' class weights; one per term of a
+        // composite loss), so the summed gradient equals the full batch's (never an average of
+        // micro-batch means). Made on the device: no synchronisation per step.
+        let normalizer = (k > 1)
+            .then(|| self.loss.normalizer(&batch.targets))
+            .transpose()?;
         self.optimizer.zero_grad();
         let mut total: Option<Tensor> = None;
         let mut new_states = Vec::with_capacity(k as usize);
@@ -678,16 +683,45 @@ impl Trainer {
                 }
             }
         }
-        if self.config.clip_grad_value > 0.0 {
-            clip_grad_value(self.optimizer.params(), self.config.clip_grad_value)?;
+        // The gradient norm before any clipping: it must be finite for the step to be taken
+        // (`on_non_finite` governs gradients as well as the loss).
+        let clip_value = self.config.clip_grad_value > 0.0;
+        let clip_norm = self.config.clip_grad_norm > 0.0;
+        let norm = if clip_norm && !clip_value {
+            clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?
+        } else {
+            grad_norm(self.optimizer.params())?
+        };
+        let norm = norm.f_double_value(&[])?;
+        self.last_grad_norm = norm;
+        if !norm.is_finite() {
+            let parameter = first_non_finite_grad(self.optimizer.params())?
+                .unwrap_or_else(|| "(unknown)".into());
+            match self.config.on_non_finite {
+                OnNonFinite::Stop => {
+                    return Err(TrainerError::NonFiniteGradient {
+                        step: self.pos.step + 1,
+                        epoch,
+                        parameter,
+                        norm,
+                    })
+                }
+                OnNonFinite::Skip => {
+                    tracing::warn!(
+                        step = self.pos.step + 1,
+                        parameter,
+                        grad_norm = norm,
+                        "non-finite gradient: update skipped (parameters and optimiser state unchanged)"
+                    );
+                    return Ok((total, true));
+                }
+            }
         }
-        if self.config.clip_grad_norm > 0.0 {
-            let norm = clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?;
-            if self.device == Device::Cpu && !norm.double_value(&[]).is_finite() {
-                tracing::warn!(
-                    step = self.pos.step + 1,
-                    "gradient norm is not finite; gradients left unclipped"
-                );
+        if clip_value {
+            clip_grad_value(self.optimizer.params(), self.config.clip_grad_value)?;
+            if clip_norm {
+                let _after_value_clip =
+                    clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?;
             }
         }
         if let Some(s) = &self.schedule {

@@ -74,6 +74,10 @@ impl Loss for Poly1 {
         let loss = self.reduction.apply(per, &count, input)?;
         Ok(LossOutput::new(loss, count))
     }
+
+    fn normalizer(&self, targets: &tch::Tensor) -> Result<tch::Tensor, LossError> {
+        perplex_losses::counted_normalizer(targets, self.ignore_index, None)
+    }
 }
 
 /// Forces this crate (and so its `typetag` and `inventory` registrations) into the binary.

@@ -39,13 +39,8 @@ fn poly1_equals_ce_plus_epsilon_one_minus_pt() {
 fn poly1_picked_by_name_trains_a_few_steps() {
     perplex_poly1::link();
     let dir = tempfile::tempdir().unwrap();
-    let corpus = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/tinyshakespeare/input.txt");
-    let corpus = if corpus.exists() {
-        corpus
-    } else {
-        perplex_data::fetch_corpus("tinyshakespeare", dir.path()).unwrap()
-    };
+    // Through the project's fetch code: $PERPLEX_DATA_MIRROR when set, else the public source.
+    let corpus = perplex_data::fetch_corpus("tinyshakespeare", dir.path()).unwrap();
     let cfg = dir.path().join("poly.toml");
     std::fs::write(
         &cfg,

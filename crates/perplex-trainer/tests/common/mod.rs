@@ -2,14 +2,9 @@
 #![allow(dead_code)]
 use std::path::PathBuf;
 
-/// Tiny Shakespeare from `../shared` when present (CI and development), else fetched into a
-/// per-test data directory through the project's own fetch code.
+/// Tiny Shakespeare through the project's own fetch code (from `$PERPLEX_DATA_MIRROR` when set,
+/// else its public source; the checksum always verified) into the test target's data directory.
 pub fn tiny_shakespeare() -> PathBuf {
-    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/tinyshakespeare/input.txt");
-    if shared.exists() {
-        return shared;
-    }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("data");
     perplex_data::fetch_corpus("tinyshakespeare", &dir).expect("fetch Tiny Shakespeare")
 }
