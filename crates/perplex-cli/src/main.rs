@@ -33,7 +33,8 @@ enum Command {
         /// and `PERPLEX__SECTION__KEY` environment variables).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
-        /// Print the resolved config and exit without training.
+        /// Check the resolved config as training would (optimiser, schedule, model and data
+        /// options, device), print it and exit without training or creating a run directory.
         #[arg(long)]
         dry_run: bool,
         /// Continue a run from a checkpoint: a checkpoint directory, a run directory (its latest

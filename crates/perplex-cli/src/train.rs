@@ -3,7 +3,8 @@ use std::path::Path;
 
 use perplex_trainer::{RunConfig, Trainer};
 
-/// Trains from a config (or resumes a run) and prints the final metrics.
+/// Trains from a config (or resumes a run) and prints the final metrics. The resolved config is
+/// logged section by section first; `dry_run` checks it as training would and prints it.
 pub fn run(
     config: Option<&Path>,
     overrides: &[String],
@@ -18,7 +19,11 @@ pub fn run(
         }
         None => {
             let cfg = RunConfig::load(config, overrides)?;
+            cfg.log_sections();
             if dry_run {
+                // Every check training runs before its first step, without a run directory or
+                // the corpus.
+                cfg.validate()?;
                 print!("{}", cfg.to_toml()?);
                 return Ok(());
             }

@@ -92,7 +92,11 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
-    fn validate(&self) -> Result<(), DataError> {
+    /// Checks the options without reading any file: splits, sizes and the choice of source.
+    ///
+    /// # Errors
+    /// [`DataError::InvalidConfig`] naming the option.
+    pub fn validate(&self) -> Result<(), DataError> {
         let bad = |key, value: String, expected: &str| {
             Err(DataError::InvalidConfig {
                 key,

@@ -1,5 +1,6 @@
 //! The run configuration: TOML file, then `PERPLEX__SECTION__KEY` environment variables, then
-//! `--set section.key=value` overrides, merged by the `config` crate.
+//! `--set section.key=value` overrides, merged and read by `config_tree` the same way in
+//! every process.
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,8 @@ use perplex_losses::{Loss, SoftmaxCrossEntropy};
 use perplex_model::{GruLmConfig, ModelConfig};
 use perplex_optim::{AdamConfig, OptimizerConfig, ScheduleConfig};
 
+use crate::config_tree::{self, Layers, LoadError, Source};
+use crate::device::parse_device;
 use crate::host_memory::HostAllocator;
 use crate::TrainerError;
 
@@ -95,18 +98,35 @@ macro_rules! config_enum {
 
         impl<'de> serde::Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let value = String::deserialize(d)?;
-                match value.as_str() {
-                    $($name => Ok(Self::$variant),)+
-                    other => Err(<D::Error as serde::de::Error>::custom(format!(
-                        "`{other}` is not one of {}",
-                        Self::NAMES
-                            .iter()
-                            .map(|n| format!("\"{n}\""))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))),
+                struct Names;
+                impl serde::de::Visitor<'_> for Names {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        write!(
+                            f,
+                            "one of {}",
+                            <$ty>::NAMES
+                                .iter()
+                                .map(|n| format!("\"{n}\""))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<$ty, E> {
+                        match value {
+                            $($name => Ok(<$ty>::$variant),)+
+                            other => Err(E::custom(format!(
+                                "`{other}` is not one of {}",
+                                <$ty>::NAMES
+                                    .iter()
+                                    .map(|n| format!("\"{n}\""))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ))),
+                        }
+                    }
                 }
+                d.deserialize_str(Names)
             }
         }
     };
@@ -227,72 +247,109 @@ impl Default for TrainerConfig {
 /// Prefix of environment overrides: `PERPLEX__TRAINER__EPOCHS=3` sets `trainer.epochs`.
 pub const ENV_PREFIX: &str = "PERPLEX";
 
+/// The sections of a run config, in the order they are logged.
+pub const SECTIONS: &[&str] = &["data", "model", "loss", "optim", "schedule", "trainer"];
+
 impl RunConfig {
     /// Loads a run config: defaults, then `file` (TOML) if given, then environment variables
-    /// `PERPLEX__SECTION__KEY=value`, then each `overrides` entry `section.key=value` (the value
-    /// is TOML: `3`, `0.1`, `true`, `"text"`, `[0.8, 0.1, 0.1]`; a bare word is taken as a
-    /// string).
+    /// `PERPLEX__SECTION__KEY=value`, then each `overrides` entry `section.key=value`, the same
+    /// way in every process (see `config_tree` for the rules).
+    ///
+    /// File values are typed by TOML and read strictly: a quoted number for a number key and a
+    /// float for an integer key are errors. Environment and `--set` values are text that takes
+    /// the type of its key: a string key keeps it exactly (`run_name=0042` stays `0042`), a
+    /// number or boolean key parses it (an integer key rejects `3.5`); a quoted string, an array
+    /// (`[0.8, 0.1, 0.1]`) or an inline table is read as TOML. An override that changes a
+    /// section's `type` starts that section from the new type's defaults, keeping the keys the
+    /// overrides give and logging the file keys it drops.
     ///
     /// # Errors
-    /// [`TrainerError::Config`] naming the file or override and the key: an unknown key, a value
-    /// of the wrong type, an unknown `type` (listing the registered ones), a malformed override.
+    /// [`TrainerError::Config`] naming the file, environment variable or override and the full
+    /// key path: an unknown key, a value of the wrong type, an unknown `type` or tokenizer
+    /// (listing the registered ones), a malformed override.
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, TrainerError> {
+        let (config, warnings) = Self::load_with_warnings(file, overrides)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(config)
+    }
+
+    /// [`RunConfig::load`] without logging: the config and the warnings (keys dropped by a
+    /// `type` switch).
+    pub(crate) fn load_with_warnings(
+        file: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<(Self, Vec<String>), TrainerError> {
+        let env = config_tree::env_overrides();
         let origin = file
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "the default config".into());
-        // A section given without `type` (e.g. only `--set model.hidden_size=128`) keeps the
-        // default implementation.
-        let mut builder = config::Config::builder()
-            .set_default("model.type", "gru")
-            .and_then(|b| b.set_default("loss.type", "softmax_cross_entropy"))
-            .and_then(|b| b.set_default("optim.type", "adam"))
-            .map_err(|e| TrainerError::Config {
-                source_name: "defaults".into(),
-                message: e.to_string(),
-            })?;
-        if let Some(f) = file {
-            if !f.exists() {
+        let to_error = |e: LoadError| {
+            let source_name = match &e.source {
+                Some(s @ (Source::Env(_) | Source::Set(_))) => format!("{origin} with {s}"),
+                Some(Source::File(f)) => f.display().to_string(),
+                Some(Source::Default) => origin.clone(),
+                None => {
+                    let mut with = origin.clone();
+                    if !env.is_empty() {
+                        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+                        with.push_str(&format!(" with environment {}", names.join(", ")));
+                    }
+                    if !overrides.is_empty() {
+                        with.push_str(&format!(" with overrides {overrides:?}"));
+                    }
+                    with
+                }
+            };
+            TrainerError::Config {
+                source_name,
+                message: e.message,
+            }
+        };
+        let layers = Layers {
+            file,
+            env: env.clone(),
+            overrides,
+        };
+        let (tree, warnings) = config_tree::merge_layers(&layers).map_err(&to_error)?;
+        let config = config_tree::deserialize::<RunConfig>(&tree).map_err(&to_error)?;
+        Ok((config, warnings))
+    }
+
+    /// Runs the checks that [`crate::Trainer::from_config`] runs before training, without
+    /// creating the run directory or reading the corpus: the device, `trainer.accumulate`
+    /// against `data.batch_size`, the data options, the model's options (the model is built on
+    /// the CPU with a stand-in vocabulary), the optimiser's options (built over that model's
+    /// parameters), the schedule's options and the teacher directory. Draws from libtorch's
+    /// random generator (the stand-in model's weights).
+    ///
+    /// Loss options are checked by the loss itself at the first training step, as in training.
+    ///
+    /// # Errors
+    /// The [`TrainerError`] that training would stop with.
+    pub fn validate(&self) -> Result<(), TrainerError> {
+        let tc = &self.trainer;
+        parse_device(&tc.device)?;
+        check_accumulate(tc.accumulate, self.data.batch_size)?;
+        self.data.validate()?;
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        // The vocabulary is only known once the corpus is read; any size exercises the checks.
+        const STAND_IN_VOCAB: i64 = 8;
+        self.model.build(&vs.root(), STAND_IN_VOCAB)?;
+        self.optim.build(crate::named_trainable(&vs))?;
+        if let Some(s) = &self.schedule {
+            s.build(self.optim.lr())?;
+        }
+        if let Some(t) = &tc.teacher {
+            if !t.exists() {
                 return Err(TrainerError::Config {
-                    source_name: f.display().to_string(),
-                    message: "file not found".into(),
+                    source_name: "trainer.teacher".into(),
+                    message: format!("{} does not exist", t.display()),
                 });
             }
-            builder = builder.add_source(config::File::from(f).format(config::FileFormat::Toml));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-        for o in overrides {
-            let snippet = override_to_toml(o)?;
-            builder =
-                builder.add_source(config::File::from_str(&snippet, config::FileFormat::Toml));
-        }
-        let merged = builder.build().map_err(|e| TrainerError::Config {
-            source_name: origin.clone(),
-            message: e.to_string(),
-        })?;
-        let mut with_context = origin.clone();
-        let env_prefix = format!("{ENV_PREFIX}__");
-        let mut env: Vec<String> = std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
-            .filter(|k| k.starts_with(&env_prefix))
-            .collect();
-        if !env.is_empty() {
-            env.sort();
-            with_context.push_str(&format!(" with environment {}", env.join(", ")));
-        }
-        if !overrides.is_empty() {
-            with_context.push_str(&format!(" with overrides {overrides:?}"));
-        }
-        merged
-            .try_deserialize::<RunConfig>()
-            .map_err(|e| TrainerError::Config {
-                source_name: with_context,
-                message: explain(e.to_string()),
-            })
+        Ok(())
     }
 
     /// The config as TOML (what a run directory's `config.toml` holds).
@@ -305,61 +362,279 @@ impl RunConfig {
             message: e.to_string(),
         })
     }
+
+    /// Each section (`[data]`, `[model]`, ...) as TOML, in [`SECTIONS`] order, as
+    /// [`RunConfig::to_toml`] writes it; an absent `[schedule]` is left out.
+    ///
+    /// # Errors
+    /// [`TrainerError::Config`] if a plugin's config cannot be serialised.
+    pub fn sections_toml(&self) -> Result<Vec<(&'static str, String)>, TrainerError> {
+        let err = |e: &dyn std::fmt::Display| TrainerError::Config {
+            source_name: "resolved config".into(),
+            message: e.to_string(),
+        };
+        let mut all = toml::Table::try_from(self).map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        for name in SECTIONS {
+            if let Some(v) = all.remove(*name) {
+                let mut one = toml::Table::new();
+                one.insert(name.to_string(), v);
+                out.push((*name, toml::to_string_pretty(&one).map_err(|e| err(&e))?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Logs the resolved config section by section (`tracing::info!`, one event per section).
+    pub fn log_sections(&self) {
+        match self.sections_toml() {
+            Ok(sections) => {
+                for (name, text) in sections {
+                    tracing::info!(section = name, "resolved config:\n{}", text.trim_end());
+                }
+            }
+            Err(e) => tracing::warn!("cannot show the resolved config: {e}"),
+        }
+    }
 }
 
-/// `a.b=3` -> `a.b = 3` as TOML; a value that is not valid TOML becomes a string.
-fn override_to_toml(o: &str) -> Result<String, TrainerError> {
-    let bad = |m: &str| TrainerError::Config {
-        source_name: format!("--set {o}"),
-        message: m.into(),
-    };
-    let (key, value) = o
-        .split_once('=')
-        .ok_or_else(|| bad("expected KEY=VALUE, e.g. trainer.epochs=3"))?;
-    let key = key.trim();
-    if key.is_empty()
-        || !key
-            .split('.')
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-    {
-        return Err(bad("the key must be dotted names like trainer.epochs"));
+/// `trainer.accumulate` must be positive and divide `data.batch_size`.
+pub(crate) fn check_accumulate(accumulate: u64, batch_size: usize) -> Result<(), TrainerError> {
+    if accumulate == 0 || !(batch_size as u64).is_multiple_of(accumulate) {
+        return Err(TrainerError::Config {
+            source_name: "trainer.accumulate".into(),
+            message: format!(
+                "accumulate = {accumulate} must be positive and divide data.batch_size = {batch_size}"
+            ),
+        });
     }
-    let value = value.trim();
-    let candidate = format!("{key} = {value}");
-    if toml::from_str::<toml::Table>(&candidate).is_ok() {
-        Ok(candidate)
-    } else {
-        Ok(format!(
-            "{key} = {}",
-            toml::Value::String(value.to_string())
-        ))
-    }
-}
-
-/// Makes serde's messages say what to do.
-fn explain(message: String) -> String {
-    if message.contains("unknown variant") || message.contains("unknown field `type`") {
-        format!("{message} (run `perplex losses` to list the registered losses)")
-    } else {
-        message
-    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Loads from a file body, explicit environment variables and `--set` entries (the process
+    /// environment is not read, so tests do not race).
+    fn load(
+        body: &str,
+        env: &[(&str, &str)],
+        sets: &[&str],
+    ) -> Result<(RunConfig, Vec<String>), LoadError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, body).unwrap();
+        let overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let layers = Layers {
+            file: Some(&file),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: &overrides,
+        };
+        let (tree, warnings) = config_tree::merge_layers(&layers)?;
+        Ok((config_tree::deserialize(&tree)?, warnings))
+    }
+
+    fn err(body: &str, env: &[(&str, &str)], sets: &[&str]) -> LoadError {
+        load(body, env, sets).expect_err("should be rejected")
+    }
+
+    fn json<T: Serialize + ?Sized>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap()
+    }
+
     #[test]
-    fn overrides_parse_as_toml_with_string_fallback() {
+    fn a_float_for_an_integer_key_is_an_error_naming_the_key() {
+        let e = err("[trainer]\nepochs = 3.5\n", &[], &[]);
         assert_eq!(
-            override_to_toml("trainer.epochs=3").unwrap(),
-            "trainer.epochs = 3"
+            e.message,
+            "trainer.epochs: invalid type: floating point `3.5`, expected u64"
+        );
+        assert!(matches!(e.source, Some(Source::File(_))), "{e:?}");
+        let e = err(
+            "[schedule]\nwarmup_steps = 10.6\ntotal_steps = 100\ntype = \"warmup_cosine\"\n",
+            &[],
+            &[],
         );
         assert_eq!(
-            override_to_toml("trainer.device=cpu").unwrap(),
-            "trainer.device = \"cpu\""
+            e.message,
+            "schedule.warmup_steps: invalid type: floating point `10.6`, expected i64"
         );
-        assert!(override_to_toml("noequals").is_err());
-        assert!(override_to_toml("bad key=1").is_err());
+        let e = err("", &[], &["trainer.max_steps=1.6"]);
+        assert_eq!(
+            e.message,
+            "trainer.max_steps: invalid type: floating point `1.6`, expected u64"
+        );
+        assert_eq!(e.source, Some(Source::Set("trainer.max_steps=1.6".into())));
+        let e = err("", &[("PERPLEX__TRAINER__EPOCHS", "3.5")], &[]);
+        assert_eq!(
+            e.source,
+            Some(Source::Env("PERPLEX__TRAINER__EPOCHS".into()))
+        );
+        assert!(e.message.starts_with("trainer.epochs: "), "{e:?}");
+    }
+
+    #[test]
+    fn override_text_takes_the_type_of_its_key() {
+        let (c, _) = load(
+            "[trainer]\nrun_name = \"file\"\n",
+            &[("PERPLEX__TRAINER__RUN_NAME", "0042")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.trainer.run_name.as_deref(), Some("0042"));
+        let (c, _) = load("", &[], &["trainer.run_name=0042", "trainer.device=cpu"]).unwrap();
+        assert_eq!(c.trainer.run_name.as_deref(), Some("0042"));
+        assert_eq!(c.trainer.device, "cpu");
+        let (c, _) = load("", &[], &["trainer.run_name=\"1e3\""]).unwrap();
+        assert_eq!(c.trainer.run_name.as_deref(), Some("1e3"));
+        let (c, _) = load(
+            "",
+            &[
+                ("PERPLEX__TRAINER__EVAL", "false"),
+                ("PERPLEX__OPTIM__LR", "1"),
+            ],
+            &[
+                "trainer.epochs=3",
+                "data.splits=[0.8, 0.1, 0.1]",
+                "loss.label_smoothing=.25",
+            ],
+        )
+        .unwrap();
+        assert!(!c.trainer.eval);
+        assert_eq!(c.trainer.epochs, 3);
+        assert_eq!(c.optim.lr(), 1.0);
+        assert_eq!(c.data.splits, vec![0.8, 0.1, 0.1]);
+        assert_eq!(json(&c.loss)["label_smoothing"], 0.25);
+        let e = err("", &[], &["trainer.eval=yes"]);
+        assert_eq!(
+            e.message,
+            "trainer.eval: invalid type: string \"yes\", expected a boolean"
+        );
+    }
+
+    #[test]
+    fn quoted_numbers_in_a_file_are_rejected_naming_the_key() {
+        let e = err(
+            "[loss]\ntype = \"softmax_cross_entropy\"\nlabel_smoothing = '0.1'\n",
+            &[],
+            &[],
+        );
+        assert_eq!(
+            e.message,
+            "loss.label_smoothing: invalid type: string \"0.1\", expected f64"
+        );
+        // The same with `type` last: typetag no longer sees the keys in another order.
+        let e2 = err(
+            "[loss]\nlabel_smoothing = '0.1'\ntype = \"softmax_cross_entropy\"\n",
+            &[],
+            &[],
+        );
+        assert_eq!(e.message, e2.message);
+        let e = err("[trainer]\nepochs = \"3\"\n", &[], &[]);
+        assert_eq!(
+            e.message,
+            "trainer.epochs: invalid type: string \"3\", expected u64"
+        );
+        // A string key does not take a number from a file either; a float key takes an integer.
+        assert!(err("[trainer]\nrun_name = 42\n", &[], &[])
+            .message
+            .starts_with("trainer.run_name: invalid type: integer `42`"));
+        let (c, _) = load("[optim]\nlr = 1\n", &[], &[]).unwrap();
+        assert_eq!(c.optim.lr(), 1.0);
+    }
+
+    #[test]
+    fn type_position_in_a_section_does_not_matter() {
+        let first = "[loss]\ntype = \"softmax_cross_entropy\"\nlabel_smoothing = 0.1\n";
+        let last = "[loss]\nlabel_smoothing = 0.1\ntype = \"softmax_cross_entropy\"\n";
+        let a = load(first, &[], &[]).unwrap().0.to_toml().unwrap();
+        let b = load(last, &[], &[]).unwrap().0.to_toml().unwrap();
+        assert_eq!(a, b);
+        assert!(a.contains("label_smoothing = 0.1"), "{a}");
+    }
+
+    #[test]
+    fn a_type_switch_restarts_the_section_and_keeps_the_overrides_keys() {
+        let body = "[optim]\ntype = \"adam\"\nlr = 0.01\neps = 1e-6\nbetas = [0.8, 0.9]\n";
+        let (c, warnings) = load(body, &[], &["optim.type=sgd", "optim.momentum=0.9"]).unwrap();
+        let o = json(&c.optim);
+        assert_eq!(o["type"], "sgd");
+        assert_eq!(o["momentum"], 0.9);
+        assert_eq!(o["lr"], json(&perplex_optim::SgdConfig::default())["lr"]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "`--set optim.type=sgd` replaced [optim]: dropped betas, eps, lr from "
+            ) && warnings[0].ends_with("run.toml"),
+            "{warnings:?}"
+        );
+        // Environment overrides of the section are kept too.
+        let (c, _) = load(body, &[("PERPLEX__OPTIM__LR", "0.5")], &["optim.type=sgd"]).unwrap();
+        assert_eq!(json(&c.optim)["lr"], 0.5);
+        // The same type keeps the file's keys.
+        let (c, warnings) = load(body, &[], &["optim.type=adam"]).unwrap();
+        assert_eq!(json(&c.optim)["eps"], 1e-6);
+        assert!(warnings.is_empty());
+        // Switching away from a default type drops nothing of the file but the defaults.
+        let (c, warnings) = load("", &[("PERPLEX__OPTIM__TYPE", "sgd")], &[]).unwrap();
+        assert_eq!(json(&c.optim)["type"], "sgd");
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_names_list_the_registered_ones() {
+        for (body, expected) in [
+            ("[model]\ntype = \"grux\"\n", "model.type: unknown model `grux`; registered models: `gru`"),
+            ("[optim]\ntype = \"adamx\"\n", "optim.type: unknown optimiser `adamx`; registered optimisers: `adagrad`, `adam`, `adamw`, `rmsprop`, `sgd`"),
+            ("[schedule]\ntype = \"cosin\"\n", "schedule.type: unknown schedule `cosin`; registered schedules: "),
+            ("[loss]\ntype = \"xent\"\n", "loss.type: unknown loss `xent`; registered losses: "),
+            ("[data]\ntokenizer = \"bpe\"\n", "data.tokenizer: unknown tokenizer `bpe`; accepted tokenizers: `word`, `char`"),
+        ] {
+            let e = err(body, &[], &[]);
+            assert!(e.message.starts_with(expected), "{e:?}");
+        }
+        let e = err("[schedule]\ntype = \"cosin\"\n", &[], &[]);
+        assert!(e.message.contains("`warmup_cosine`"), "{e:?}");
+        let e = err("", &[], &["loss.type=xent"]);
+        assert!(e.message.contains("`softmax_cross_entropy`"), "{e:?}");
+        assert_eq!(e.source, Some(Source::Set("loss.type=xent".into())));
+    }
+
+    #[test]
+    fn validate_runs_the_training_checks() {
+        let (c, _) = load("", &[], &["optim.lr=-1"]).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("lr"), "{e}");
+        let (c, _) = load("", &[], &["trainer.accumulate=3"]).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("accumulate"));
+        let (c, _) = load(
+            "[schedule]\ntype = \"warmup_cosine\"\nwarmup_steps = 10\ntotal_steps = 5\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(c.validate().is_err());
+        let (c, _) = load("", &[], &["data.splits=[0.5, 0.9]"]).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("splits"));
+        let (c, _) = load("", &[], &["trainer.device=cpu"]).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn sections_are_logged_as_config_toml_writes_them() {
+        let (c, _) = load("[schedule]\ntype = \"cosine\"\nt_max = 10\n", &[], &[]).unwrap();
+        let sections = c.sections_toml().unwrap();
+        let names: Vec<&str> = sections.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, SECTIONS);
+        assert!(sections[3].1.starts_with("[optim]\n"), "{sections:?}");
+        let whole: toml::Table = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        for (name, text) in sections {
+            let one: toml::Table = toml::from_str(&text).unwrap();
+            assert_eq!(one[name], whole[name]);
+        }
     }
 }

@@ -25,6 +25,7 @@
 pub mod callbacks;
 pub mod checkpoint;
 pub mod config;
+pub(crate) mod config_tree;
 pub mod device;
 pub mod error;
 pub mod host_memory;
