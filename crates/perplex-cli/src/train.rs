@@ -1,7 +1,8 @@
 //! `perplex train`.
 use std::path::Path;
 
-use perplex_trainer::{RunConfig, Trainer};
+use perplex_trainer::interrupt::Interrupt;
+use perplex_trainer::{RunConfig, Trainer, TrainerError};
 
 /// Trains from a config (or resumes a run) and prints the final metrics. The resolved config is
 /// logged section by section first; `dry_run` checks it as training would and prints it.
@@ -11,11 +12,20 @@ pub fn run(
     dry_run: bool,
     resume: Option<&str>,
 ) -> anyhow::Result<()> {
-    let mut trainer = match resume {
+    let trainer = match resume {
         Some(spec) => {
             // `latest` looks under the configured run directory.
             let root = RunConfig::load(config, overrides)?.trainer.run_dir;
-            Trainer::resume(spec, &root, overrides)?
+            match Trainer::resume(spec, &root, overrides) {
+                Ok(t) => t,
+                // Resuming a finished run is not a failure (a requeued job resumes until done):
+                // say so and change nothing.
+                Err(e @ TrainerError::Finished { .. }) => {
+                    println!("{e}");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         None => {
             let cfg = RunConfig::load(config, overrides)?;
@@ -30,6 +40,9 @@ pub fn run(
             Trainer::from_config(cfg)?
         }
     };
+    // SIGINT/SIGTERM: finish the step, checkpoint, write the summary, exit 130/143; a second
+    // signal ends the process at once.
+    let mut trainer = trainer.with_interrupt(Interrupt::install()?);
     let summary = trainer.fit()?;
     if let Some(last) = summary.epochs.last() {
         let valid = last
@@ -50,8 +63,20 @@ pub fn run(
     if let Some(reason) = summary.stopped_early {
         println!("stopped early: {reason}");
     }
-    if let Some(dir) = summary.run_dir {
+    if let Some(dir) = &summary.run_dir {
         println!("run directory: {}", dir.display());
+    }
+    if let Some(signal) = summary.interrupted {
+        let run = summary
+            .run_dir
+            .as_ref()
+            .map_or_else(|| "RUN".into(), |d| d.display().to_string());
+        eprintln!(
+            "interrupted by {signal} after step {}: checkpoint and summary written; continue with \
+             `perplex train --resume {run}`",
+            summary.steps
+        );
+        std::process::exit(i32::from(signal.exit_code()));
     }
     Ok(())
 }

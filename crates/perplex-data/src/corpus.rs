@@ -167,6 +167,20 @@ impl LmData {
     /// A missing file, invalid UTF-8 (with the byte offset), an empty corpus, a split too small
     /// for one batch, or an invalid config value, each naming the file or key.
     pub fn load(config: &DataConfig) -> Result<Self, DataError> {
+        Self::load_with_vocab(config, None)
+    }
+
+    /// As [`LmData::load`], but with a given vocabulary instead of one built from the training
+    /// split: a run's own `vocab.json` (the vocabulary is part of the model), so resuming or
+    /// evaluating a run encodes the corpus exactly as training did, whatever the corpus now holds
+    /// (unknown tokens become `<unk>`).
+    ///
+    /// # Errors
+    /// As [`LmData::load`].
+    pub fn load_with_vocab(
+        config: &DataConfig,
+        vocab: Option<Vocabulary>,
+    ) -> Result<Self, DataError> {
         config.validate()?;
         let tokenizer = config.tokenizer.tokenizer();
         let (train_toks, valid_toks, test_toks) = if let Some(train) = &config.train {
@@ -191,8 +205,10 @@ impl LmData {
             let toks = non_empty(tokenizer.tokenize(&read_text(&path)?), &path)?;
             split(toks, &config.splits)
         };
-        let cap = (config.max_vocab_size > 0).then_some(config.max_vocab_size);
-        let vocab = Vocabulary::build(&train_toks, cap);
+        let vocab = vocab.unwrap_or_else(|| {
+            let cap = (config.max_vocab_size > 0).then_some(config.max_vocab_size);
+            Vocabulary::build(&train_toks, cap)
+        });
         let valid_ids = vocab.encode(&valid_toks);
         let valid_unk_rate =
             valid_ids.iter().filter(|&&i| i == 0).count() as f64 / valid_ids.len().max(1) as f64;

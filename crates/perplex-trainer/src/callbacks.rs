@@ -204,6 +204,47 @@ impl MetricsLogger {
     }
 }
 
+/// Drops the records of `metrics.jsonl` and the rows of `metrics.csv` in `run` whose step is
+/// after `step` (a resume from the checkpoint at `step` writes them again), each file rewritten
+/// atomically. Records without a step are kept.
+///
+/// # Errors
+/// [`TrainerError::Io`] naming the file.
+pub fn truncate_metrics(run: &Path, step: u64) -> Result<(), TrainerError> {
+    let keep = |s: Option<u64>| s.is_none_or(|s| s <= step);
+    let jsonl = run.join(files::METRICS);
+    if let Ok(text) = std::fs::read_to_string(&jsonl) {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                let record = serde_json::from_str::<serde_json::Value>(l).ok();
+                keep(record.and_then(|r| r.get("step").and_then(serde_json::Value::as_u64)))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept.len() != text.len() {
+            crate::run_dir::write_atomically(&jsonl, kept.as_bytes())?;
+        }
+    }
+    let csv = run.join(files::METRICS_CSV);
+    if let Ok(text) = std::fs::read_to_string(&csv) {
+        let column = CSV_COLUMNS
+            .iter()
+            .position(|c| *c == "step")
+            .expect("a step column");
+        let kept: String = text
+            .lines()
+            .enumerate()
+            .filter(|(i, l)| *i == 0 || keep(l.split(',').nth(column).and_then(|v| v.parse().ok())))
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
+        if kept.len() != text.len() {
+            crate::run_dir::write_atomically(&csv, kept.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
 fn append_line(path: &Path, header: &str, row: &str) -> Result<(), TrainerError> {
     use std::io::Write;
     let new = !path.exists();

@@ -133,7 +133,8 @@ macro_rules! config_enum {
 }
 pub(crate) use config_enum;
 
-/// What to do when the training loss is NaN or infinite.
+/// What to do when the training loss, or any gradient element (looked at before clipping), is NaN
+/// or infinite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnNonFinite {
     /// Stop the run with an error naming the step; the last good checkpoint stays on disk.
@@ -200,7 +201,7 @@ pub struct TrainerConfig {
     pub checkpoint: bool,
     /// Keep this many most recent checkpoints (besides `best`). Default 2.
     pub keep_last: usize,
-    /// `stop` or `skip` when the loss is NaN/infinite. Default `stop`.
+    /// `stop` or `skip` when the loss or a gradient is NaN/infinite. Default `stop`.
     pub on_non_finite: OnNonFinite,
     /// Log (and write to `metrics.jsonl`) the running training loss every this many steps
     /// (0 = only per epoch). Default 20.
@@ -315,6 +316,29 @@ impl RunConfig {
         let (tree, warnings) = config_tree::merge_layers(&layers).map_err(&to_error)?;
         let config = config_tree::deserialize::<RunConfig>(&tree).map_err(&to_error)?;
         Ok((config, warnings))
+    }
+
+    /// Makes every file path of the config absolute, relative to `base` (the directory training
+    /// is started in): the corpus files, `data_dir`, `run_dir` and the teacher. A run directory's
+    /// `config.toml` then works from any directory (`perplex eval --checkpoint RUN` elsewhere).
+    pub fn absolutize_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let d = &mut self.data;
+        for p in [&mut d.path, &mut d.train, &mut d.valid, &mut d.test]
+            .into_iter()
+            .flatten()
+        {
+            abs(p);
+        }
+        abs(&mut d.data_dir);
+        abs(&mut self.trainer.run_dir);
+        if let Some(t) = &mut self.trainer.teacher {
+            abs(t);
+        }
     }
 
     /// Runs the checks that [`crate::Trainer::from_config`] runs before training, without

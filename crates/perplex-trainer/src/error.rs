@@ -54,6 +54,18 @@ pub enum TrainerError {
         /// The global gradient norm read (inf or NaN).
         norm: f64,
     },
+    /// A resumed run has nothing left to do; nothing was changed.
+    #[error("{} has finished ({reason}): nothing was changed; to train on, {hint}", run.display())]
+    Finished {
+        /// The run directory.
+        run: PathBuf,
+        /// Optimiser steps taken.
+        step: u64,
+        /// Why it is finished, e.g. "all 10 epochs done at step 3900".
+        reason: String,
+        /// What to raise, e.g. "raise trainer.epochs: --resume RUN --set trainer.epochs=11".
+        hint: String,
+    },
     /// Writing or reading run files failed.
     #[error("cannot write or read {path}: {message}")]
     Io {

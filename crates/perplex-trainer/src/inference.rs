@@ -133,7 +133,7 @@ impl LoadedModel {
     /// [`TrainerError::Config`] for another split name or a corpus without a test split;
     /// [`TrainerError::Data`] when the corpus cannot be read.
     pub fn split_ids(&self, split: &str) -> Result<Tensor, TrainerError> {
-        let data = LmData::load(&self.config.data)?;
+        let data = LmData::load_with_vocab(&self.config.data, Some(self.vocab.clone()))?;
         let ids = match split {
             "valid" => data.valid.shallow_clone(),
             "test" => data

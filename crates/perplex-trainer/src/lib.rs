@@ -30,6 +30,7 @@ pub mod device;
 pub mod error;
 pub mod host_memory;
 pub mod inference;
+pub mod interrupt;
 pub mod lr_find;
 pub mod precision;
 pub mod run_dir;

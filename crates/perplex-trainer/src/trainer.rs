@@ -86,6 +86,8 @@ pub struct FitSummary {
     pub skipped_steps: u64,
     /// Why training stopped early, if it did.
     pub stopped_early: Option<String>,
+    /// The signal (SIGINT, SIGTERM) that stopped training, if one did.
+    pub interrupted: Option<crate::interrupt::Signal>,
     /// Where the run's files are.
     pub run_dir: Option<PathBuf>,
 }
@@ -114,6 +116,10 @@ pub struct Trainer {
     last_valid: Option<EvalStats>,
     /// Global gradient norm of the last step, before clipping.
     last_grad_norm: f64,
+    /// The resolved config, as `config.toml` holds it.
+    config_toml: String,
+    /// Set by SIGINT/SIGTERM (see [`crate::interrupt`]): stop after the current step.
+    interrupt: Option<crate::interrupt::Interrupt>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -174,6 +180,8 @@ impl Trainer {
             first_step_seconds: None,
             last_valid: None,
             last_grad_norm: 0.0,
+            config_toml: String::new(),
+            interrupt: None,
         }
     }
 
@@ -184,52 +192,119 @@ impl Trainer {
     ///
     /// # Errors
     /// Any [`TrainerError`]: bad device, data, model, optimiser or teacher settings.
-    pub fn from_config(config: RunConfig) -> Result<Self, TrainerError> {
+    pub fn from_config(mut config: RunConfig) -> Result<Self, TrainerError> {
+        if let Ok(cwd) = std::env::current_dir() {
+            config.absolutize_paths(&cwd);
+        }
         let dir = run_dir::run_path(&config.trainer.run_dir, config.trainer.run_name.as_deref());
-        Self::build(config, dir)
+        let trainer = Self::build(config, dir, None)?;
+        trainer.write_run_files(true)?;
+        Ok(trainer)
     }
 
     /// Continues a run from a checkpoint: `spec` is a checkpoint directory, a run directory (its
     /// latest checkpoint) or `latest` (the latest checkpoint of the most recently modified run
     /// under `run_root`). The run's own `config.toml` is used, with `overrides` applied on top
-    /// (e.g. more epochs). On the CPU the resumed loss curve equals, bit for bit, that of a run
-    /// never interrupted.
+    /// (e.g. more epochs), and its own `vocab.json` (the vocabulary is part of the model). On the
+    /// CPU the resumed loss curve equals, bit for bit, that of a run never interrupted.
+    ///
+    /// Nothing in the run directory changes until the checkpoint, the model and the optimiser
+    /// state have loaded: a resume that cannot continue leaves every file as it was. Then the
+    /// resolved config is written back and `metrics.jsonl`/`.csv` lose the rows after the
+    /// checkpoint's step (they were written after it and are written again).
     ///
     /// # Errors
-    /// [`TrainerError::Io`] when no checkpoint is found, and the errors of
-    /// [`Trainer::from_config`].
+    /// [`TrainerError::Io`] when no checkpoint is found; [`TrainerError::Config`] naming each key
+    /// that a resume cannot change (`model.*`, `data.tokenizer`; `data.batch_size` and
+    /// `data.seq_len` in mid-epoch) with both values, and each checkpoint tensor whose shape the
+    /// model does not have; [`TrainerError::Finished`] for a run that has finished (nothing is
+    /// changed); and the errors of [`Trainer::from_config`].
     pub fn resume(spec: &str, run_root: &Path, overrides: &[String]) -> Result<Self, TrainerError> {
         let ckpt = checkpoint::resolve(spec, run_root)?;
         let run = checkpoint::run_of(&ckpt);
-        let config = RunConfig::load(Some(&run.join(files::CONFIG)), overrides)?;
-        let mut trainer = Self::build(config, run.clone())?;
-        let saved_vocab = perplex_data::Vocabulary::load(&run.join(files::VOCAB))?;
-        if saved_vocab != *trainer.data.vocab() {
-            return Err(TrainerError::Config {
-                source_name: run.join(files::VOCAB).display().to_string(),
-                message:
-                    "the corpus now gives a different vocabulary than the run was trained with"
-                        .into(),
-            });
+        let config_path = run.join(files::CONFIG);
+        let saved = RunConfig::load(Some(&config_path), &[])?;
+        let mut config = RunConfig::load(Some(&config_path), overrides)?;
+        if let Ok(cwd) = std::env::current_dir() {
+            config.absolutize_paths(&cwd);
         }
+        let manifest = checkpoint::read_manifest(&ckpt)?;
+        check_resumable(&saved, &config, manifest.window > 0, &run)?;
+        let vocab = perplex_data::Vocabulary::load(&run.join(files::VOCAB))?;
+        let mut trainer = Self::build(config, run.clone(), Some(vocab))?;
         let (manifest, hidden) =
             checkpoint::load(&ckpt, &mut trainer.vs, trainer.optimizer.as_mut())?;
         if let Some(s) = trainer.schedule.as_mut() {
             s.load_state(&manifest.schedule_state)?;
         }
-        tracing::info!(
-            checkpoint = %ckpt.display(),
-            step = manifest.step,
-            epoch = manifest.epoch,
-            window = manifest.window,
-            "resuming"
-        );
         trainer.pos = manifest;
         trainer.resume_state = hidden;
+        if trainer.finished() {
+            let (step, c) = (trainer.pos.step, &trainer.config);
+            let (reason, hint) = if trainer.max_steps_reached() {
+                (
+                    format!("trainer.max_steps = {} reached", c.max_steps),
+                    format!(
+                        "raise trainer.max_steps: --resume {} --set trainer.max_steps={}",
+                        run.display(),
+                        c.max_steps * 2
+                    ),
+                )
+            } else {
+                (
+                    format!("all {} epochs done at step {step}", c.epochs),
+                    format!(
+                        "raise trainer.epochs: --resume {} --set trainer.epochs={}",
+                        run.display(),
+                        c.epochs + 1
+                    ),
+                )
+            };
+            return Err(TrainerError::Finished {
+                run,
+                step,
+                reason,
+                hint,
+            });
+        }
+        // Everything loaded: only now does the run directory change.
+        trainer.write_run_files(false)?;
+        crate::callbacks::truncate_metrics(&run, trainer.pos.step)?;
+        tracing::info!(
+            checkpoint = %ckpt.display(),
+            step = trainer.pos.step,
+            epoch = trainer.pos.epoch,
+            window = trainer.pos.window,
+            "resuming"
+        );
         Ok(trainer)
     }
 
-    fn build(config: RunConfig, dir: PathBuf) -> Result<Self, TrainerError> {
+    /// Whether training has nothing left to do: all epochs done or `max_steps` reached.
+    fn finished(&self) -> bool {
+        self.pos.epoch > self.config.epochs || self.max_steps_reached()
+    }
+
+    /// Writes `config.toml` (and, for a new run, `vocab.json`) into the run directory.
+    fn write_run_files(&self, new_run: bool) -> Result<(), TrainerError> {
+        let Some(dir) = &self.run_dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+        run_dir::write_atomically(&dir.join(files::CONFIG), self.config_toml.as_bytes())?;
+        if new_run {
+            self.data.vocab().save(&dir.join(files::VOCAB))?;
+        }
+        Ok(())
+    }
+
+    /// Builds everything but writes nothing: the caller writes the run files once the trainer
+    /// is complete (a new run) or its checkpoint has loaded (a resume).
+    fn build(
+        config: RunConfig,
+        dir: PathBuf,
+        vocab: Option<perplex_data::Vocabulary>,
+    ) -> Result<Self, TrainerError> {
         let tc = config.trainer.clone();
         if tc.threads > 0 {
             tch::set_num_threads(tc.threads as i32);
@@ -255,7 +330,7 @@ impl Trainer {
             });
         }
         tch::manual_seed(tc.seed);
-        let data = LmData::load(&config.data)?;
+        let data = LmData::load_with_vocab(&config.data, vocab)?;
         tracing::info!(
             vocab = data.vocab.len(),
             tokenizer = ?data.tokenizer,
@@ -290,12 +365,11 @@ impl Trainer {
             .as_deref()
             .map(|t| Teacher::load(t, &data.vocab, device))
             .transpose()?;
-        std::fs::create_dir_all(&dir).map_err(|e| TrainerError::io(&dir, e))?;
-        run_dir::write_atomically(&dir.join(files::CONFIG), config.to_toml()?.as_bytes())?;
-        data.vocab.save(&dir.join(files::VOCAB))?;
+        let config_toml = config.to_toml()?;
         let mut trainer = Self::new(Box::new(data), vs, model, config.loss, optimizer, tc);
         trainer.schedule = schedule;
         trainer.teacher = teacher;
+        trainer.config_toml = config_toml;
         trainer.run_dir = Some(dir.clone());
         trainer.add_callback(MetricsLogger::new(trainer.config.log_every, Some(dir)));
         trainer.add_callback(EarlyStopping {
@@ -305,6 +379,14 @@ impl Trainer {
             trainer.add_callback(ProgressBar::new());
         }
         Ok(trainer)
+    }
+
+    /// Stops training gracefully when `interrupt` fires (SIGINT/SIGTERM): the current step
+    /// finishes, a checkpoint, the final weights and `summary.json` are written, and
+    /// [`FitSummary::interrupted`] names the signal.
+    pub fn with_interrupt(mut self, interrupt: crate::interrupt::Interrupt) -> Self {
+        self.interrupt = Some(interrupt);
+        self
     }
 
     /// Writes the run's files (weights, checkpoints) under `dir`.
@@ -349,6 +431,45 @@ impl Trainer {
         self.run_dir.as_deref()
     }
 
+    fn interrupted(&self) -> Option<crate::interrupt::Signal> {
+        self.interrupt
+            .as_ref()
+            .and_then(crate::interrupt::Interrupt::received)
+    }
+
+    /// The validation at the end of a run stopped mid-epoch: updates the best validation loss
+    /// (the caller writes `checkpoints/best` when it improved) and runs the evaluation callbacks
+    /// (metrics files), but neither the schedule nor early stopping sees it. Returns the stats and
+    /// whether they improved on the best.
+    fn final_validation(
+        &mut self,
+        valid: Option<&BpttBatches>,
+        epoch: u64,
+    ) -> Result<Option<(EvalStats, bool)>, TrainerError> {
+        let Some(v) = valid else { return Ok(None) };
+        let t = Instant::now();
+        let stats = self.evaluate(v)?;
+        let improved = self.pos.best_valid_loss.is_none_or(|b| stats.loss < b);
+        if improved {
+            self.pos.best_valid_loss = Some(stats.loss);
+        }
+        self.pos.valid_loss = Some(stats.loss);
+        self.last_valid = Some(stats);
+        let event = EvalEvent {
+            epoch,
+            step: self.pos.step,
+            stats,
+            improved,
+            evals_without_improvement: self.pos.evals_without_improvement,
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        for c in &mut self.callbacks {
+            // The run is ending: a stop asked for here changes nothing.
+            let _ = c.on_eval_end(&event)?;
+        }
+        Ok(Some((stats, improved)))
+    }
+
     fn max_steps_reached(&self) -> bool {
         self.config.max_steps > 0 && self.pos.step >= self.config.max_steps
     }
@@ -378,7 +499,11 @@ impl Trainer {
         );
         let mut epochs = Vec::new();
         let mut stop: Option<String> = None;
-        while self.pos.epoch <= self.config.epochs && stop.is_none() && !self.max_steps_reached() {
+        while self.pos.epoch <= self.config.epochs
+            && stop.is_none()
+            && !self.max_steps_reached()
+            && self.interrupted().is_none()
+        {
             let epoch = self.pos.epoch;
             let mut state = match self.resume_state.take() {
                 Some(s) if self.pos.window > 0 => s,
@@ -439,7 +564,11 @@ impl Trainer {
                     actions.extend(c.on_step_end(&event)?);
                 }
                 stop = stop.or_else(|| first_stop(&actions));
-                let mid_eval = self.config.eval_every > 0
+                if let Some(signal) = self.interrupted() {
+                    stop = stop.or_else(|| Some(format!("interrupted by {signal}")));
+                }
+                let mid_eval = self.interrupted().is_none()
+                    && self.config.eval_every > 0
                     && self.pos.step.is_multiple_of(self.config.eval_every)
                     && self.pos.window < train.len();
                 just_validated = mid_eval;
@@ -463,11 +592,19 @@ impl Trainer {
                 // uninterrupted one.
                 // When `max_steps` fell on an `eval_every` step, that validation and its
                 // checkpoint (with the hidden state) are this step's: not done twice.
+                // The last validation counts for `best` and reaches every metrics file (but not
+                // the schedule or early stopping, so a resumed run trains as an uninterrupted
+                // one). An interrupted run skips it: a signal asks to exit promptly.
                 let valid_stats = if just_validated {
                     self.last_valid
-                } else {
+                } else if self.interrupted().is_some() {
                     self.save_checkpoint(false, Some(&state))?;
-                    valid.as_ref().map(|v| self.evaluate(v)).transpose()?
+                    None
+                } else {
+                    let stats = self.final_validation(valid.as_ref(), epoch)?;
+                    let improved = stats.is_some_and(|s| s.1);
+                    self.save_checkpoint(improved, Some(&state))?;
+                    stats.map(|s| s.0)
                 };
                 let stats = EpochStats {
                     epoch,
@@ -532,7 +669,12 @@ impl Trainer {
         if let Some(dir) = &self.run_dir {
             run_dir::save_weights(&self.vs, &dir.join(files::WEIGHTS))?;
         }
-        let test = match self.data.test_batches(self.device) {
+        let interrupted = self.interrupted();
+        let tests = self
+            .data
+            .test_batches(self.device)
+            .filter(|_| interrupted.is_none());
+        let test = match tests {
             Some(batches) => {
                 let s = self.evaluate(&batches?)?;
                 tracing::info!(
@@ -558,6 +700,7 @@ impl Trainer {
             steps: self.pos.step,
             skipped_steps: self.pos.skipped_steps,
             stopped_early: stop,
+            interrupted,
             run_dir: self.run_dir.clone(),
         };
         if let Some(dir) = &self.run_dir {
@@ -568,6 +711,7 @@ impl Trainer {
                 "final_epoch": summary.epochs.last(),
                 "test": summary.test,
                 "stopped_early": summary.stopped_early,
+                "interrupted": summary.interrupted.map(|s| s.name()),
                 "peak_rss_mib": run_dir::peak_rss_mib(),
                 "first_step_s": self.first_step_seconds,
                 "wall_s": self.started.elapsed().as_secs_f64(),
@@ -840,6 +984,83 @@ impl Trainer {
     }
 }
 
+/// Refuses a resume whose config changes what a checkpoint fixes: the model (every `model` key),
+/// the tokenizer, and in mid-epoch the batch shape (the saved hidden state and window position
+/// depend on it). The error names each key with both values.
+fn check_resumable(
+    saved: &RunConfig,
+    config: &RunConfig,
+    mid_epoch: bool,
+    run: &Path,
+) -> Result<(), TrainerError> {
+    fn table<T: Serialize + ?Sized>(v: &T, run: &Path) -> Result<toml::Table, TrainerError> {
+        toml::Table::try_from(v).map_err(|e| TrainerError::Config {
+            source_name: run.join(files::CONFIG).display().to_string(),
+            message: e.to_string(),
+        })
+    }
+    let mut differences = Vec::new();
+    let mut compare =
+        |section: &str, old: &toml::Table, new: &toml::Table, keys: Option<&[&str]>| {
+            let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+            names.sort();
+            names.dedup();
+            for k in names {
+                if keys.is_some_and(|keys| !keys.contains(&k.as_str())) {
+                    continue;
+                }
+                let (a, b) = (old.get(k), new.get(k));
+                if a != b {
+                    let show =
+                        |v: Option<&toml::Value>| v.map_or("(unset)".into(), |v| v.to_string());
+                    differences.push(format!(
+                        "{section}.{k}: the run has {}, the resume asks for {}",
+                        show(a),
+                        show(b)
+                    ));
+                }
+            }
+        };
+    compare(
+        "model",
+        &table(&saved.model, run)?,
+        &table(&config.model, run)?,
+        None,
+    );
+    let data_keys: &[&str] = if mid_epoch {
+        &["tokenizer", "batch_size", "seq_len"]
+    } else {
+        &["tokenizer"]
+    };
+    compare(
+        "data",
+        &table(&saved.data, run)?,
+        &table(&config.data, run)?,
+        Some(data_keys),
+    );
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(TrainerError::Config {
+        source_name: format!("--resume {}", run.display()),
+        message: format!(
+            "cannot continue this run with a different {}: {} (a checkpoint fixes the model and \
+             tokenizer{}; nothing was changed: start a new run to change them)",
+            if differences.len() == 1 {
+                "setting"
+            } else {
+                "settings"
+            },
+            differences.join("; "),
+            if mid_epoch {
+                ", and mid-epoch the batch shape"
+            } else {
+                ""
+            }
+        ),
+    })
+}
+
 fn first_stop(actions: &[Action]) -> Option<String> {
     actions
         .iter()
@@ -888,5 +1109,44 @@ pub fn evaluate(
 /// [`TrainerError::Io`] naming the file.
 pub fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<(), TrainerError> {
     let path = dir.join(files::WEIGHTS);
-    vs.load(&path).map_err(|e| TrainerError::io(&path, e))
+    let saved: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .map_err(|e| TrainerError::io(&path, e))?
+        .into_iter()
+        .collect();
+    let mismatch = |message: String| TrainerError::Config {
+        source_name: path.display().to_string(),
+        message,
+    };
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    // Check every tensor before changing any, so a bad file leaves the model as it was.
+    for (name, var) in &variables {
+        let t = saved.get(name).ok_or_else(|| {
+            mismatch(format!(
+                "has no tensor `{name}` (the model's; the file holds {})",
+                sorted_names(&saved)
+            ))
+        })?;
+        if t.size() != var.size() {
+            return Err(mismatch(format!(
+                "tensor `{name}` has shape {:?} but the model's is {:?} (was the model config \
+                 changed?)",
+                t.size(),
+                var.size()
+            )));
+        }
+    }
+    tch::no_grad(|| -> Result<(), TrainerError> {
+        for (name, var) in &variables {
+            let mut var = var.shallow_clone();
+            var.f_copy_(&saved[name])?;
+        }
+        Ok(())
+    })
+}
+
+fn sorted_names(tensors: &std::collections::HashMap<String, Tensor>) -> String {
+    let mut names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    names.join(", ")
 }

@@ -9,8 +9,10 @@ use perplex_trainer::Trainer;
 /// Trains 3 SGD steps (SGD: an update proportional to the gradient, so a gradient scaled by the
 /// weight ratio shows; Adam would hide most of it) and returns the step losses and final weights.
 fn train(dir: &std::path::Path, name: &str, loss: &str, accumulate: u64) -> (Vec<f64>, Vec<f32>) {
-    let extra = format!("accumulate = {accumulate}\nmax_steps = 3\neval = false\nlog_every = 1");
+    let extra = format!("accumulate = {accumulate}\neval = false");
     let mut cfg = common::tiny_char_config(dir, name, loss, &extra);
+    cfg.trainer.max_steps = 3;
+    cfg.trainer.log_every = 1;
     cfg.optim = serde_json::from_str(r#"{"type": "sgd", "lr": 0.5}"#).unwrap();
     let mut trainer = Trainer::from_config(cfg).unwrap();
     trainer.fit().unwrap();

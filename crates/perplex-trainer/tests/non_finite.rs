@@ -35,7 +35,7 @@ impl Loss for GradFault {
                 "inf" => zero.sqrt().sum(zero.kind()),
                 _ => (zero.sqrt() * 0.0).sum(zero.kind()),
             };
-            out.loss = out.loss + fault;
+            out.loss = out.loss.f_add(&fault)?;
         }
         Ok(out)
     }
@@ -63,8 +63,9 @@ fn run(
     extra: &str,
 ) -> (Vec<u8>, Vec<u8>, u64) {
     CALLS.store(0, Ordering::SeqCst);
-    let extra = format!("max_steps = {steps}\neval = false\n{extra}");
-    let cfg = common::tiny_char_config(dir, name, loss, &extra);
+    let extra = format!("eval = false\n{extra}");
+    let mut cfg = common::tiny_char_config(dir, name, loss, &extra);
+    cfg.trainer.max_steps = steps;
     let summary = Trainer::from_config(cfg).unwrap().fit().unwrap();
     let run = dir.join(name);
     let ckpt = run.join(format!("checkpoints/step-{steps:08}"));
@@ -113,12 +114,13 @@ fn stop_names_the_parameter_and_step_and_keeps_the_last_checkpoint() {
     for mode in ["inf", "nan"] {
         CALLS.store(0, Ordering::SeqCst);
         let name = format!("stop-{mode}");
-        let cfg = common::tiny_char_config(
+        let mut cfg = common::tiny_char_config(
             dir.path(),
             &name,
             &loss(mode, 3),
-            "max_steps = 6\neval = false\neval_every = 2\non_non_finite = \"stop\"\nclip_grad_norm = 1.0",
+            "eval = false\neval_every = 2\non_non_finite = \"stop\"\nclip_grad_norm = 1.0",
         );
+        cfg.trainer.max_steps = 6;
         let err = Trainer::from_config(cfg)
             .unwrap()
             .fit()

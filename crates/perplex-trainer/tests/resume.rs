@@ -113,7 +113,20 @@ fn resume_latest_finds_the_newest_run() {
         .unwrap()
         .fit()
         .unwrap();
-    let t = Trainer::resume("latest", dir.path(), &[]).unwrap();
+    // Without more steps the run is finished: said so, nothing to do.
+    let finished = Trainer::resume("latest", dir.path(), &[]).unwrap_err();
+    assert!(
+        matches!(
+            finished,
+            perplex_trainer::TrainerError::Finished { step: 5, .. }
+        ),
+        "{finished}"
+    );
+    assert!(
+        finished.to_string().contains("trainer.max_steps"),
+        "{finished}"
+    );
+    let t = Trainer::resume("latest", dir.path(), &["trainer.max_steps=6".into()]).unwrap();
     assert_eq!(t.step(), 5);
     let missing = Trainer::resume("/no/such/run", dir.path(), &[]).unwrap_err();
     assert!(missing.to_string().contains("/no/such/run"), "{missing}");

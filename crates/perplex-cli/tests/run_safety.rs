@@ -1,0 +1,313 @@
+//! A run survives Ctrl-C, preemption and a user's mistakes: SIGINT/SIGTERM checkpoint and exit
+//! 130/143 and the resume continues exactly; a resume that cannot continue changes no file; a
+//! finished run says so; the last validation counts for `best`; a run works from any directory.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn perplex() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_perplex"));
+    c.env("RUST_LOG", "warn").env_remove("NO_COLOR");
+    c
+}
+
+/// Tiny Shakespeare as a user gets it: `perplex data tinyshakespeare` (mirror or public source,
+/// checksum verified), once per test binary.
+fn corpus() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
+        let out = perplex()
+            .args(["data", "tinyshakespeare", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .expect("run perplex data");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// `--set` overrides for a small char-level GRU run named `name` under `runs`.
+fn args(runs: &Path, name: &str, steps: u64, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        format!("data.path={}", corpus().display()),
+        "data.tokenizer=char".into(),
+        "data.batch_size=16".into(),
+        "data.seq_len=32".into(),
+        "data.eval_batch_size=512".into(),
+        "model.embedding_dim=32".into(),
+        "model.hidden_size=96".into(),
+        format!("trainer.max_steps={steps}"),
+        "trainer.log_every=1".into(),
+        "trainer.threads=1".into(),
+        "trainer.device=cpu".into(),
+        format!("trainer.run_dir={}", runs.display()),
+        format!("trainer.run_name={name}"),
+    ]
+    .into();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.into_iter()
+        .flat_map(|s| ["--set".to_string(), s])
+        .collect()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every file of a run directory and its bytes.
+fn snapshot(run: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut m = BTreeMap::new();
+    walk(run, &mut m);
+    m
+}
+
+/// `(step, loss)` of the `train` records of a run's `metrics.jsonl`.
+fn train_losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "train")
+        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn sigint_and_sigterm_checkpoint_exit_130_143_and_the_resume_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path();
+    let steps = 200;
+    ok(&perplex()
+        .arg("train")
+        .args(args(runs, "straight", steps, &[]))
+        .output()
+        .unwrap());
+    let straight = train_losses(&runs.join("straight"));
+    assert_eq!(straight.len(), steps as usize);
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let name = format!("sig{signal}");
+        let run = runs.join(&name);
+        let child = perplex()
+            .arg("train")
+            .args(args(runs, &name, steps, &[]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Signal once training is well under way (metrics show 20 steps).
+        let start = Instant::now();
+        while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
+            < 20
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "training did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let st = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "SIG{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by SIG{signal}")),
+            "{stderr}"
+        );
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+        let stopped = summary["steps"].as_u64().unwrap();
+        assert_eq!(summary["interrupted"], format!("SIG{signal}"));
+        assert!(
+            stopped < steps,
+            "SIG{signal} came too late to test anything"
+        );
+        assert!(run.join("model.safetensors").exists());
+        assert!(run
+            .join(format!("checkpoints/step-{stopped:08}/manifest.json"))
+            .exists());
+        // Resume: the same loss curve, bit for bit, each step once in both metrics files.
+        ok(&perplex()
+            .args(["train", "--resume"])
+            .arg(&run)
+            .output()
+            .unwrap());
+        let resumed = train_losses(&run);
+        assert_eq!(resumed.len(), straight.len(), "SIG{signal}: {resumed:?}");
+        for ((sa, la), (sb, lb)) in straight.iter().zip(&resumed) {
+            assert_eq!(
+                (sa, la.to_bits()),
+                (sb, lb.to_bits()),
+                "SIG{signal}: step {sa}"
+            );
+        }
+        let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        let train_rows = csv.lines().filter(|l| l.starts_with("train,")).count();
+        assert_eq!(train_rows, steps as usize, "SIG{signal}: metrics.csv rows");
+        assert_eq!(
+            std::fs::read(run.join("model.safetensors")).unwrap(),
+            std::fs::read(runs.join("straight/model.safetensors")).unwrap(),
+            "SIG{signal}: final weights differ from the uninterrupted run's"
+        );
+    }
+}
+
+#[test]
+fn a_resume_that_cannot_continue_changes_no_file_and_a_finished_run_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path();
+    ok(&perplex()
+        .arg("train")
+        .args(args(runs, "r", 12, &[]))
+        .output()
+        .unwrap());
+    let run = runs.join("r");
+    let before = snapshot(&run);
+    for (set, key, old, new) in [
+        ("model.hidden_size=256", "model.hidden_size", "96", "256"),
+        ("data.seq_len=64", "data.seq_len", "32", "64"),
+        (
+            "data.tokenizer=word",
+            "data.tokenizer",
+            "\"char\"",
+            "\"word\"",
+        ),
+    ] {
+        let out = perplex()
+            .args(["train", "--resume"])
+            .arg(&run)
+            .args(["--set", set, "--set", "trainer.max_steps=20"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set}: resumed");
+        assert!(
+            stderr.contains(key) && stderr.contains(old) && stderr.contains(new),
+            "{set}: {stderr}"
+        );
+        assert!(!stderr.contains("frame #"), "{set}: {stderr}");
+        assert!(snapshot(&run) == before, "{set}: the run directory changed");
+    }
+    // Finished (max_steps reached): said, exit 0, nothing changed.
+    let out = perplex()
+        .args(["train", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    assert!(
+        stdout.contains("has finished") && stdout.contains("trainer.max_steps"),
+        "{stdout}"
+    );
+    assert!(
+        snapshot(&run) == before,
+        "a finished run's directory changed"
+    );
+    // Another corpus on resume: the run's vocabulary is used, not one rebuilt from the new text.
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, "ZZZZ qqqq ".repeat(4000)).unwrap();
+    ok(&perplex()
+        .args(["train", "--resume"])
+        .arg(&run)
+        .args(["--set", &format!("data.path={}", other.display())])
+        .args([
+            "--set",
+            "trainer.max_steps=14",
+            "--set",
+            "data.splits=[0.5, 0.5]",
+        ])
+        .output()
+        .unwrap());
+    assert_eq!(
+        std::fs::read(run.join("vocab.json")).unwrap(),
+        before[&run.join("vocab.json")]
+    );
+}
+
+#[test]
+fn the_last_validation_counts_for_best_and_reaches_every_metrics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path();
+    ok(&perplex()
+        .arg("train")
+        .args(args(runs, "v", 15, &[]))
+        .output()
+        .unwrap());
+    let run = runs.join("v");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let last = summary["final_epoch"]["valid"]["loss"].as_f64().unwrap();
+    assert_eq!(summary["best_valid_loss"].as_f64(), Some(last));
+    let best: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("checkpoints/best/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(best["step"], 15);
+    assert_eq!(best["best_valid_loss"].as_f64(), Some(last));
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("valid,") && l.contains(",15,")),
+        "{csv}"
+    );
+}
+
+#[test]
+fn a_run_trained_with_relative_paths_is_evaluated_from_any_directory() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::copy(corpus(), work.path().join("corpus.txt")).unwrap();
+    let mut a = args(Path::new("runs"), "rel", 8, &[]);
+    // A relative corpus path and run directory, as a user in their project directory writes.
+    a.extend(["--set".into(), "data.path=corpus.txt".into()]);
+    ok(&perplex()
+        .arg("train")
+        .args(&a)
+        .current_dir(work.path())
+        .output()
+        .unwrap());
+    let run = work.path().join("runs/rel");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        config.contains(&format!("{}", work.path().join("corpus.txt").display())),
+        "{config}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = perplex()
+        .args(["eval", "--checkpoint"])
+        .arg(&run)
+        .args(["--split", "valid"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    assert!(
+        stdout.contains("perplexity") || stdout.contains("ppl"),
+        "{stdout}"
+    );
+}
