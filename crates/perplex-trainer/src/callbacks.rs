@@ -40,6 +40,9 @@ pub struct StepEvent<'a> {
     /// Global L2 norm of the gradients before clipping (NaN when the step was skipped for a
     /// non-finite loss, before the gradient was looked at).
     pub grad_norm: f64,
+    /// The loss's own metrics for this step (e.g. each `weighted_sum` term, before its weight),
+    /// detached float64 scalars on the device.
+    pub metrics: &'a [(String, Tensor)],
     /// Target tokens in this step.
     pub tokens: u64,
     /// Seconds since the previous step ended (host time: on CUDA it is only meaningful when the
@@ -155,6 +158,11 @@ pub struct MetricsLogger {
     every: u64,
     dir: Option<PathBuf>,
     window_loss: Option<Tensor>,
+    /// Sums of the loss's metrics over the window, by name.
+    window_metrics: Vec<(String, Tensor)>,
+    /// Columns of `metrics.csv` after [`CSV_COLUMNS`]: the loss's metrics, fixed by the file's
+    /// header (or the first training record of a new file).
+    metric_columns: Option<Vec<String>>,
     window_steps: u64,
     window_tokens: u64,
     window_seconds: f64,
@@ -180,28 +188,65 @@ impl MetricsLogger {
             every,
             dir,
             window_loss: None,
+            window_metrics: Vec::new(),
+            metric_columns: None,
             window_steps: 0,
             window_tokens: 0,
             window_seconds: 0.0,
         }
     }
 
-    fn write(&self, record: serde_json::Value) -> Result<(), TrainerError> {
-        let Some(dir) = &self.dir else { return Ok(()) };
+    fn write(&mut self, record: serde_json::Value) -> Result<(), TrainerError> {
+        let Some(dir) = self.dir.clone() else {
+            return Ok(());
+        };
         append_metrics(&dir.join(files::METRICS), &record)?;
         let csv_path = dir.join(files::METRICS_CSV);
-        let get = |k: &str| {
-            record
-                .get(k)
-                .map(|v| match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .unwrap_or_default()
+        let extra = self
+            .metric_columns
+            .get_or_insert_with(|| existing_metric_columns(&csv_path, &record))
+            .clone();
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
         };
-        let row = CSV_COLUMNS.map(get).join(",");
-        append_line(&csv_path, &CSV_COLUMNS.join(","), &row)
+        let mut row: Vec<String> = CSV_COLUMNS
+            .iter()
+            .map(|k| record.get(*k).map(text).unwrap_or_default())
+            .collect();
+        row.extend(extra.iter().map(|k| {
+            record
+                .get("metrics")
+                .and_then(|m| m.get(k))
+                .map(text)
+                .unwrap_or_default()
+        }));
+        let mut header: Vec<String> = CSV_COLUMNS.iter().map(|c| c.to_string()).collect();
+        header.extend(extra.iter().map(|m| format!("metrics.{m}")));
+        append_line(&csv_path, &header.join(","), &row.join(","))
     }
+}
+
+/// The loss-metric columns of `metrics.csv`: those of its header when the file exists (a resumed
+/// run), else the metrics of `record`, sorted.
+fn existing_metric_columns(csv: &Path, record: &serde_json::Value) -> Vec<String> {
+    if let Ok(text) = std::fs::read_to_string(csv) {
+        if let Some(header) = text.lines().next() {
+            return header
+                .split(',')
+                .filter_map(|c| c.strip_prefix("metrics."))
+                .map(str::to_string)
+                .collect();
+        }
+    }
+    let mut names: Vec<String> = record
+        .get("metrics")
+        .and_then(serde_json::Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// Drops the records of `metrics.jsonl` and the rows of `metrics.csv` in `run` whose step is
@@ -273,6 +318,14 @@ impl Callback for MetricsLogger {
             Some(sum) => sum + l,
             None => l,
         });
+        for (name, value) in e.metrics {
+            match self.window_metrics.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum = &*sum + value,
+                None => self
+                    .window_metrics
+                    .push((name.clone(), value.shallow_clone())),
+            }
+        }
         if e.step.is_multiple_of(self.every) {
             let n = self.window_steps as f64;
             let sum = self
@@ -283,6 +336,16 @@ impl Callback for MetricsLogger {
             let loss = sum / n;
             let tps = self.window_tokens as f64 / self.window_seconds.max(1e-9);
             let step_ms = 1000.0 * self.window_seconds / n;
+            let metrics: serde_json::Map<String, serde_json::Value> = self
+                .window_metrics
+                .drain(..)
+                .map(|(name, sum)| (name, serde_json::json!(sum.double_value(&[]) / n)))
+                .collect();
+            let terms = metrics
+                .iter()
+                .map(|(k, v)| format!("{k}={:.4}", v.as_f64().unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+                .join(" ");
             tracing::info!(
                 epoch = e.epoch,
                 step = e.step,
@@ -291,12 +354,14 @@ impl Callback for MetricsLogger {
                 step_ms = format!("{step_ms:.1}"),
                 lr = e.lr,
                 grad_norm = format!("{:.4}", e.grad_norm),
+                metrics = %terms,
                 "train"
             );
             self.write(serde_json::json!({
                 "kind": "train", "epoch": e.epoch, "step": e.step, "loss": loss, "lr": e.lr,
                 "grad_norm": e.grad_norm.is_finite().then_some(e.grad_norm),
                 "tokens_per_sec": tps, "step_ms": step_ms, "elapsed_s": e.elapsed_seconds,
+                "metrics": metrics,
             }))?;
             self.window_steps = 0;
             self.window_tokens = 0;

@@ -118,6 +118,8 @@ pub struct Trainer {
     last_grad_norm: f64,
     /// The resolved config, as `config.toml` holds it.
     config_toml: String,
+    /// The loss's metrics of the last step (detached float64 scalars on the device).
+    last_metrics: Vec<(String, Tensor)>,
     /// Set by SIGINT/SIGTERM (see [`crate::interrupt`]): stop after the current step.
     interrupt: Option<crate::interrupt::Interrupt>,
 }
@@ -181,6 +183,7 @@ impl Trainer {
             last_valid: None,
             last_grad_norm: 0.0,
             config_toml: String::new(),
+            last_metrics: Vec::new(),
             interrupt: None,
         }
     }
@@ -555,6 +558,7 @@ impl Trainer {
                     loss: &loss,
                     lr: self.optimizer.lr(),
                     grad_norm: self.last_grad_norm,
+                    metrics: &self.last_metrics,
                     tokens,
                     step_seconds,
                     elapsed_seconds: self.started.elapsed().as_secs_f64(),
@@ -750,6 +754,7 @@ impl Trainer {
             .transpose()?;
         self.optimizer.zero_grad();
         let mut total: Option<Tensor> = None;
+        let mut metrics: Vec<(String, Tensor)> = Vec::new();
         let mut new_states = Vec::with_capacity(k as usize);
         let mut new_teacher_states = Vec::new();
         for i in 0..k as usize {
@@ -773,10 +778,21 @@ impl Trainer {
                 if let Some((logits, _)) = &teacher {
                     input = input.with_teacher_logits(logits);
                 }
-                let loss = self.loss.forward(&input)?.loss;
-                Ok((loss, out.state, teacher.map(|(_, s)| s)))
+                let out_loss = self.loss.forward(&input)?;
+                Ok((out_loss, out.state, teacher.map(|(_, s)| s)))
             };
-            let (loss, out_state, teacher_out) = self.config.precision.scope(self.device, step)?;
+            let (out_loss, out_state, teacher_out) =
+                self.config.precision.scope(self.device, step)?;
+            let loss = out_loss.loss;
+            // The loss's own metrics (each weighted_sum term), summed over micro-batches like the
+            // loss: with the global normaliser their sum is the whole batch's value.
+            for (name, value) in out_loss.metrics {
+                let value = value.f_detach()?.f_to_kind(Kind::Double)?;
+                match metrics.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, sum)) => *sum = sum.f_add(&value)?,
+                    None => metrics.push((name, value)),
+                }
+            }
             if let Some(s) = teacher_out {
                 new_teacher_states.push(s);
             }
@@ -797,6 +813,7 @@ impl Trainer {
             new_states.push(out_state);
         }
         let total = total.expect("accumulate >= 1 is checked when the trainer is built");
+        self.last_metrics = metrics;
         *state = HiddenState::cat(&new_states);
         if let Some(ts) = teacher_state {
             *ts = HiddenState::cat(&new_teacher_states);

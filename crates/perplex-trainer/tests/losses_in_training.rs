@@ -74,3 +74,43 @@ terms = [
     .to_string();
     assert!(err.contains("teacher"), "{err}");
 }
+
+#[test]
+fn weighted_sum_terms_reach_the_logs_and_both_metrics_files() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let loss = r#"type = "weighted_sum"
+terms = [
+  { weight = 1.0, loss = { type = "softmax_cross_entropy" } },
+  { weight = 0.1, loss = { type = "z_loss", coefficient = 1.0 } },
+]"#;
+    let mut cfg = config(dir.path(), "terms", loss, "accumulate = 2\neval = false");
+    cfg.trainer.max_steps = 10;
+    cfg.trainer.log_every = 5;
+    Trainer::from_config(cfg).unwrap().fit().unwrap();
+    let run = dir.path().join("terms");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["kind"] == "train")
+        .collect();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        let ce = r["metrics"]["softmax_cross_entropy"].as_f64().unwrap();
+        let z = r["metrics"]["z_loss"].as_f64().unwrap();
+        let loss = r["loss"].as_f64().unwrap();
+        // The logged loss is the weighted sum of the logged terms (window means of both).
+        assert!((loss - (ce + 0.1 * z)).abs() < 1e-4 * loss, "{r}");
+    }
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.ends_with(",metrics.softmax_cross_entropy,metrics.z_loss"),
+        "{header}"
+    );
+    let columns = header.split(',').count();
+    for line in csv.lines() {
+        assert_eq!(line.split(',').count(), columns, "{line}");
+    }
+}
