@@ -44,7 +44,7 @@ pub fn run(args: LrFindArgs) -> anyhow::Result<()> {
         steps: args.steps,
         ..Default::default()
     };
-    let result = lr_find(&config, &options)?;
+    let result = lr_find(config, &options)?;
     print!("{}", table(&result));
     match result.stop {
         LrFindStop::Completed => println!("took all {} steps", result.points.len()),
@@ -54,7 +54,7 @@ pub fn run(args: LrFindArgs) -> anyhow::Result<()> {
             options.divergence_factor
         ),
         LrFindStop::NonFinite => println!(
-            "stopped at step {}: the loss became non-finite",
+            "stopped at step {}: the loss or a gradient became non-finite",
             result.points.len()
         ),
     }

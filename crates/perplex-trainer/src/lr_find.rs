@@ -6,13 +6,9 @@
 //! rate lies where the smoothed loss falls fastest. The run's weights are thrown away.
 use std::time::Instant;
 
-use tch::{nn, Kind};
+use tch::Kind;
 
-use perplex_data::{DataSource, LmData};
-use perplex_losses::LossInput;
-use perplex_optim::clip_grad_norm;
-
-use crate::{named_trainable, parse_device, RunConfig, TrainerError};
+use crate::{OnNonFinite, RunConfig, Trainer, TrainerError};
 
 /// Options of [`lr_find`]; the defaults are fastai's.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,30 +138,25 @@ fn check(options: &LrFindOptions) -> Result<(), TrainerError> {
 }
 
 /// Runs the range test on what `config` describes (data, model, loss, optimiser, device, seed,
-/// threads, `precision`, `host_allocator`, `clip_grad_norm`); the optimiser's own `lr`, the
-/// config's schedule, `accumulate` and `clip_grad_value` are not used.
-/// The training split is read in order, wrapping around (hidden state reset) if `steps` exceeds
-/// one epoch. Nothing is written to disk.
+/// threads, `precision`, `host_allocator`, `accumulate`, clipping): each point is one step of the
+/// trainer's own [`Trainer`] step, at a learning rate that grows exponentially (the optimiser's
+/// own `lr` and the config's schedule are not used). A non-finite loss or gradient ends the test
+/// instead of the run (`on_non_finite` is `skip` here). The training split is read in order,
+/// wrapping around (hidden state reset) if `steps` exceeds one epoch. Nothing is written to disk.
 ///
 /// # Errors
 /// [`TrainerError::Config`] for bad options, and any error building or running the parts.
-pub fn lr_find(config: &RunConfig, options: &LrFindOptions) -> Result<LrFindResult, TrainerError> {
+pub fn lr_find(
+    mut config: RunConfig,
+    options: &LrFindOptions,
+) -> Result<LrFindResult, TrainerError> {
     check(options)?;
-    let tc = &config.trainer;
-    if tc.threads > 0 {
-        tch::set_num_threads(tc.threads as i32);
-    }
-    let device = parse_device(&tc.device)?;
-    tc.host_allocator.apply();
-    tch::manual_seed(tc.seed);
-    let data = LmData::load(&config.data)?;
-    let vs = nn::VarStore::new(device);
-    let model = config.model.build(&vs.root(), data.vocab().len() as i64)?;
-    let mut optimizer = config.optim.build(named_trainable(&vs))?;
-    let batches = data.train_batches(device)?;
+    config.schedule = None;
+    config.trainer.on_non_finite = OnNonFinite::Skip;
+    let mut trainer = Trainer::in_memory(config)?;
+    let batches = trainer.data_train_batches()?;
     tracing::info!(
-        device = ?device,
-        precision = %tc.precision,
+        device = ?trainer.device(),
         steps = options.steps,
         min_lr = options.min_lr,
         max_lr = options.max_lr,
@@ -176,46 +167,20 @@ pub fn lr_find(config: &RunConfig, options: &LrFindOptions) -> Result<LrFindResu
     let mut points = Vec::with_capacity(options.steps);
     let (mut avg, mut best) = (0.0f64, f64::INFINITY);
     let mut stop = LrFindStop::Completed;
-    let mut state = model.initial_state(batches.batch_size(), device);
+    let mut state = trainer
+        .model()
+        .initial_state(batches.batch_size(), trainer.device());
     for i in 0..options.steps {
         let window = i % batches.len();
         if window == 0 && i > 0 {
-            state = model.initial_state(batches.batch_size(), device);
+            state = trainer
+                .model()
+                .initial_state(batches.batch_size(), trainer.device());
         }
         let batch = batches.get(window).expect("window index is below len()");
         let lr = lr_at(options, i);
-        optimizer.set_lr(lr);
-        // Forward and loss under the run's precision, as in `Trainer::fit`.
-        let forward = || -> Result<_, TrainerError> {
-            let out = model.forward(&batch.inputs, &state.detach(), true)?;
-            let loss = config
-                .loss
-                .forward(&LossInput::from_hidden(
-                    &out.hidden,
-                    &out.head.weight,
-                    out.head.bias.as_ref(),
-                    &batch.targets,
-                ))?
-                .loss;
-            Ok((out, loss))
-        };
-        let (out, loss) = tc.precision.scope(device, forward)?;
-        if loss.dim() != 0 {
-            return Err(TrainerError::Config {
-                source_name: "[loss]".into(),
-                message: "the training loss must be a scalar: set `reduction` to `mean` or `sum`"
-                    .into(),
-            });
-        }
-        optimizer.zero_grad();
-        loss.f_backward()?;
-        if tc.clip_grad_norm > 0.0 {
-            // The returned norm only matters for logging, which the range test does not do.
-            let _norm = clip_grad_norm(optimizer.params(), tc.clip_grad_norm)?;
-        }
-        optimizer.step()?;
-        state = out.state;
-        let value = loss.detach().to_kind(Kind::Double).double_value(&[]);
+        let (loss, skipped) = trainer.step_at_lr(&batch, &mut state, lr)?;
+        let value = loss.to_kind(Kind::Double).double_value(&[]);
         avg = options.beta * avg + (1.0 - options.beta) * value;
         let smoothed = avg / (1.0 - options.beta.powi(i as i32 + 1));
         points.push(LrFindPoint {
@@ -224,7 +189,7 @@ pub fn lr_find(config: &RunConfig, options: &LrFindOptions) -> Result<LrFindResu
             loss: value,
             smoothed,
         });
-        if !smoothed.is_finite() {
+        if skipped || !smoothed.is_finite() {
             stop = LrFindStop::NonFinite;
             break;
         }

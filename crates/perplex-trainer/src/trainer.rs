@@ -288,6 +288,35 @@ impl Trainer {
         self.pos.epoch > self.config.epochs || self.max_steps_reached()
     }
 
+    /// A trainer that writes no file and runs no callback, for tools that drive single steps
+    /// themselves ([`crate::lr_find`]).
+    pub(crate) fn in_memory(config: RunConfig) -> Result<Self, TrainerError> {
+        let mut trainer = Self::build(config, PathBuf::new(), None)?;
+        trainer.run_dir = None;
+        trainer.callbacks.clear();
+        Ok(trainer)
+    }
+
+    /// The training windows on the trainer's device.
+    pub(crate) fn data_train_batches(&self) -> Result<BpttBatches, TrainerError> {
+        Ok(self.data.train_batches(self.device)?)
+    }
+
+    /// One optimiser step of the trainer's own step (accumulation, precision, clipping,
+    /// non-finite handling) at learning rate `lr`, carrying `state`. Returns the step's loss and
+    /// whether the update was skipped.
+    pub(crate) fn step_at_lr(
+        &mut self,
+        batch: &BpttBatch,
+        state: &mut HiddenState,
+        lr: f64,
+    ) -> Result<(Tensor, bool), TrainerError> {
+        self.optimizer.set_lr(lr);
+        let out = self.train_step(batch, state, None, self.pos.epoch);
+        self.pos.step += 1;
+        out
+    }
+
     /// Writes `config.toml` (and, for a new run, `vocab.json`) into the run directory.
     fn write_run_files(&self, new_run: bool) -> Result<(), TrainerError> {
         let Some(dir) = &self.run_dir else {
