@@ -93,7 +93,9 @@ impl OptimizerConfig for AdamConfig {
 /// `m ← β₁m + (1-β₁)g; v ← β₂v + (1-β₂)g²;`
 /// `θ ← θ(1 - lr·λ) - (lr / (1-β₁ᵗ)) · m / (sqrt(v) / sqrt(1-β₂ᵗ) + ε)`.
 ///
-/// Differs from PyTorch as [`AdamConfig`] does (one shared step count).
+/// Differs from PyTorch as [`AdamConfig`] does (one shared step count). In a run config without
+/// `param_groups`, tensors of fewer than two dimensions (biases, norm gains) are not decayed
+/// ([`OptimizerConfig::default_param_groups`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
@@ -136,6 +138,11 @@ impl OptimizerConfig for AdamWConfig {
 
     fn lr(&self) -> f64 {
         self.lr
+    }
+
+    /// No decay on biases and norm gains (tensors of fewer than two dimensions), as nanoGPT.
+    fn default_param_groups(&self) -> Vec<crate::ParamGroup> {
+        vec![crate::ParamGroup::no_decay_below_2d()]
     }
 }
 

@@ -34,6 +34,7 @@ pub mod adagrad;
 pub mod adam;
 pub mod clip;
 pub mod error;
+pub mod groups;
 pub mod optimizer;
 pub mod rmsprop;
 pub mod schedule;
@@ -43,6 +44,7 @@ pub use adagrad::{Adagrad, AdagradConfig};
 pub use adam::{Adam, AdamConfig, AdamWConfig};
 pub use clip::{clip_grad_norm, clip_grad_value, first_non_finite_grad, grad_norm};
 pub use error::OptimError;
+pub use groups::{build_grouped, GroupedOptimizer, ParamGroup};
 pub use optimizer::{NamedParams, Optimizer, OptimizerConfig};
 pub use rmsprop::{Rmsprop, RmspropConfig};
 pub use schedule::{

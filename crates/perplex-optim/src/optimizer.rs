@@ -68,6 +68,12 @@ pub trait OptimizerConfig: Debug + Send + Sync {
 
     /// The base learning rate.
     fn lr(&self) -> f64;
+
+    /// The parameter groups used when a run config gives none (`param_groups` absent): none,
+    /// except for AdamW, which decays only tensors of two or more dimensions.
+    fn default_param_groups(&self) -> Vec<crate::ParamGroup> {
+        Vec::new()
+    }
 }
 
 /// The state of an optimiser as named tensors `PARAM.slot`, from per-parameter buffers

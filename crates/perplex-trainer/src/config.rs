@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use perplex_data::DataConfig;
 use perplex_losses::{Loss, SoftmaxCrossEntropy};
 use perplex_model::{GruLmConfig, ModelConfig};
-use perplex_optim::{AdamConfig, OptimizerConfig, ScheduleConfig};
+use perplex_optim::{AdamConfig, OptimizerConfig, ParamGroup, ScheduleConfig};
 
 use crate::config_tree::{self, Layers, LoadError, Source};
 use crate::device::parse_device;
@@ -34,6 +34,11 @@ pub struct RunConfig {
     /// The optimiser; default `{ type = "adam", lr = 1e-3 }`.
     #[serde(default = "default_optim")]
     pub optim: Box<dyn OptimizerConfig>,
+    /// Parameter groups (`[[param_groups]]` tables of `params`, `below_dims`, `lr_scale`,
+    /// `weight_decay`; see [`ParamGroup`]). Absent: the optimiser's defaults (AdamW: no decay on
+    /// tensors of fewer than two dimensions); `param_groups = []`: no groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param_groups: Option<Vec<ParamGroup>>,
     /// Learning-rate schedule over optimiser steps; default none (constant `optim.lr`).
     #[serde(default)]
     pub schedule: Option<Box<dyn ScheduleConfig>>,
@@ -61,6 +66,7 @@ impl Default for RunConfig {
             model: default_model(),
             loss: default_loss(),
             optim: default_optim(),
+            param_groups: None,
             schedule: None,
             trainer: TrainerConfig::default(),
         }
@@ -249,7 +255,15 @@ impl Default for TrainerConfig {
 pub const ENV_PREFIX: &str = "PERPLEX";
 
 /// The sections of a run config, in the order they are logged.
-pub const SECTIONS: &[&str] = &["data", "model", "loss", "optim", "schedule", "trainer"];
+pub const SECTIONS: &[&str] = &[
+    "data",
+    "model",
+    "loss",
+    "optim",
+    "param_groups",
+    "schedule",
+    "trainer",
+];
 
 impl RunConfig {
     /// Loads a run config: defaults, then `file` (TOML) if given, then environment variables
@@ -361,7 +375,7 @@ impl RunConfig {
         // The vocabulary is only known once the corpus is read; any size exercises the checks.
         const STAND_IN_VOCAB: i64 = 8;
         self.model.build(&vs.root(), STAND_IN_VOCAB)?;
-        self.optim.build(crate::named_trainable(&vs))?;
+        self.build_optimizer(crate::named_trainable(&vs))?;
         if let Some(s) = &self.schedule {
             s.build(self.optim.lr())?;
         }
@@ -407,6 +421,28 @@ impl RunConfig {
             }
         }
         Ok(out)
+    }
+
+    /// The parameter groups in effect: `param_groups`, or the optimiser's defaults.
+    pub fn param_groups(&self) -> Vec<ParamGroup> {
+        self.param_groups
+            .clone()
+            .unwrap_or_else(|| self.optim.default_param_groups())
+    }
+
+    /// The configured optimiser over `params`, split into [`RunConfig::param_groups`].
+    ///
+    /// # Errors
+    /// [`TrainerError::Optim`] for bad options or groups.
+    pub fn build_optimizer(
+        &self,
+        params: perplex_optim::NamedParams,
+    ) -> Result<Box<dyn perplex_optim::Optimizer>, TrainerError> {
+        Ok(perplex_optim::build_grouped(
+            self.optim.as_ref(),
+            params,
+            &self.param_groups(),
+        )?)
     }
 
     /// Logs the resolved config section by section (`tracing::info!`, one event per section).
@@ -649,11 +685,46 @@ mod tests {
     }
 
     #[test]
+    fn param_groups_load_default_for_adamw_and_round_trip() {
+        let body = "[optim]\ntype = \"adamw\"\n\n[[param_groups]]\nparams = [\"out.*\"]\nlr_scale = 0.5\nweight_decay = 0.0\n";
+        let (c, _) = load(body, &[], &[]).unwrap();
+        let groups = c.param_groups();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            (groups[0].lr_scale, groups[0].weight_decay),
+            (0.5, Some(0.0))
+        );
+        let again: RunConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(again.param_groups(), groups);
+        // Absent: AdamW's default (no decay below two dimensions); Adam has none.
+        let (c, _) = load("[optim]\ntype = \"adamw\"\n", &[], &[]).unwrap();
+        assert_eq!(c.param_groups(), vec![ParamGroup::no_decay_below_2d()]);
+        let (c, _) = load("", &[], &[]).unwrap();
+        assert!(c.param_groups().is_empty());
+        // An explicit empty list turns AdamW's default off.
+        let (c, _) = load("param_groups = []\n[optim]\ntype = \"adamw\"\n", &[], &[]).unwrap();
+        assert!(c.param_groups().is_empty());
+        // Bad groups are caught before training (dry-run too).
+        let (c, _) = load(
+            "[[param_groups]]\nparams = [\"*\"]\nlr_scale = -1.0\n[trainer]\ndevice = \"cpu\"\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("lr_scale"));
+    }
+
+    #[test]
     fn sections_are_logged_as_config_toml_writes_them() {
         let (c, _) = load("[schedule]\ntype = \"cosine\"\nt_max = 10\n", &[], &[]).unwrap();
         let sections = c.sections_toml().unwrap();
         let names: Vec<&str> = sections.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, SECTIONS);
+        let present: Vec<&str> = SECTIONS
+            .iter()
+            .copied()
+            .filter(|s| *s != "param_groups")
+            .collect();
+        assert_eq!(names, present);
         assert!(sections[3].1.starts_with("[optim]\n"), "{sections:?}");
         let whole: toml::Table = toml::from_str(&c.to_toml().unwrap()).unwrap();
         for (name, text) in sections {

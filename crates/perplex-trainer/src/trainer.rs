@@ -386,7 +386,7 @@ impl Trainer {
         let params = named_trainable(&vs);
         let n_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
         tracing::info!(parameters = n_params, model = ?config.model, loss = ?config.loss, optim = ?config.optim, "model built");
-        let optimizer = config.optim.build(params)?;
+        let optimizer = config.build_optimizer(params)?;
         let schedule = config
             .schedule
             .as_ref()
