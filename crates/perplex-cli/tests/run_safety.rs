@@ -264,6 +264,14 @@ fn the_last_validation_counts_for_best_and_reaches_every_metrics_file() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
     let last = summary["final_epoch"]["valid"]["loss"].as_f64().unwrap();
+    // Throughput and model FLOP utilisation against a matmul ceiling measured at the end.
+    let u = &summary["utilisation"];
+    let (achieved, ceiling) = (
+        u["achieved_gflop_per_s"].as_f64().unwrap(),
+        u["matmul_ceiling_gflop_per_s"].as_f64().unwrap(),
+    );
+    assert!(achieved > 0.0 && ceiling > 0.0, "{u}");
+    assert!((u["mfu"].as_f64().unwrap() - achieved / ceiling).abs() < 1e-12);
     assert_eq!(summary["best_valid_loss"].as_f64(), Some(last));
     let best: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("checkpoints/best/manifest.json")).unwrap())

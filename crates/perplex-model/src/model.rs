@@ -106,6 +106,14 @@ pub trait LanguageModel: Debug + Send {
         state: &HiddenState,
         train: bool,
     ) -> Result<ModelOutput, ModelError>;
+
+    /// Training FLOPs per target token: forward and backward (≈ 3 × forward), a multiply-add
+    /// counted as 2, element-wise work left out (the convention of nanoGPT's `estimate_mfu` and
+    /// the PaLM paper's model FLOP utilisation). With tokens/s it gives achieved FLOP/s; `None`
+    /// when the model does not say.
+    fn flops_per_token(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// A model's configuration: the `[model]` section, picked by `type`.

@@ -32,6 +32,7 @@ pub mod host_memory;
 pub mod inference;
 pub mod interrupt;
 pub mod lr_find;
+pub mod mfu;
 pub mod precision;
 pub mod run_dir;
 pub mod sampling;

@@ -737,7 +737,32 @@ impl Trainer {
             run_dir: self.run_dir.clone(),
         };
         if let Some(dir) = &self.run_dir {
+            // Throughput of this process's training (evaluation excluded), and model FLOP
+            // utilisation against a matmul ceiling measured now on the same device.
+            let seconds: f64 = summary.epochs.iter().map(|e| e.train_seconds).sum();
+            let tokens: f64 = summary
+                .epochs
+                .iter()
+                .map(|e| e.tokens_per_sec * e.train_seconds)
+                .sum();
+            let tokens_per_sec = tokens / seconds.max(1e-9);
+            let utilisation = crate::mfu::Utilisation::measure(
+                self.model.flops_per_token(),
+                tokens_per_sec,
+                self.device,
+            );
+            tracing::info!(
+                tokens_per_sec = format!("{tokens_per_sec:.0}"),
+                achieved_gflop_per_s = utilisation.achieved_gflop_per_s.map(|g| format!("{g:.1}")),
+                matmul_ceiling_gflop_per_s = utilisation
+                    .matmul_ceiling_gflop_per_s
+                    .map(|g| format!("{g:.1}")),
+                mfu = utilisation.mfu.map(|m| format!("{:.1}%", 100.0 * m)),
+                "throughput"
+            );
             let record = serde_json::json!({
+                "tokens_per_sec": tokens_per_sec,
+                "utilisation": utilisation,
                 "steps": summary.steps,
                 "skipped_steps": summary.skipped_steps,
                 "best_valid_loss": summary.best_valid_loss,
