@@ -110,4 +110,10 @@ pub trait Loss: std::fmt::Debug + Send + Sync {
     fn normalizer_terms(&self) -> usize {
         1
     }
+
+    /// The target value this loss does not count (`ignore_index`); evaluation skips the same
+    /// positions. Default -100, PyTorch's.
+    fn ignore_index(&self) -> i64 {
+        -100
+    }
 }

@@ -176,6 +176,10 @@ impl Loss for SoftmaxCrossEntropy {
         Ok(LossOutput::new(loss, count))
     }
 
+    fn ignore_index(&self) -> i64 {
+        self.ignore_index
+    }
+
     fn normalizer(&self, targets: &tch::Tensor) -> Result<tch::Tensor, LossError> {
         crate::counted_normalizer(targets, self.ignore_index, self.weight.as_deref())
     }

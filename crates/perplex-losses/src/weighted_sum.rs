@@ -175,6 +175,11 @@ impl Loss for WeightedSum {
         Ok(tch::Tensor::f_cat(&parts, 0)?)
     }
 
+    /// The first term's.
+    fn ignore_index(&self) -> i64 {
+        self.terms.first().map_or(-100, |t| t.loss.ignore_index())
+    }
+
     fn normalizer_terms(&self) -> usize {
         self.terms.iter().map(|t| t.loss.normalizer_terms()).sum()
     }

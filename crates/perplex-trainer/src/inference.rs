@@ -207,7 +207,10 @@ impl LoadedModel {
     /// # Errors
     /// Model and loss errors.
     pub fn evaluate(&self, batches: &BpttBatches) -> Result<EvalStats, TrainerError> {
-        self.with_run_precision(|| evaluate(self.model.as_ref(), batches, self.device))
+        let ignore_index = self.config.loss.ignore_index();
+        self.with_run_precision(|| {
+            evaluate(self.model.as_ref(), batches, self.device, ignore_index)
+        })
     }
 
     /// The NLL of every scored token of `ids` (int64 `[n]`), read as [`LoadedModel::batches`]

@@ -1050,7 +1050,12 @@ impl Trainer {
     /// Model and loss errors.
     pub fn evaluate(&self, batches: &BpttBatches) -> Result<EvalStats, TrainerError> {
         self.config.precision.scope(self.device, || {
-            evaluate(self.model.as_ref(), batches, self.device)
+            evaluate(
+                self.model.as_ref(),
+                batches,
+                self.device,
+                self.loss.ignore_index(),
+            )
         })
     }
 }
@@ -1141,7 +1146,8 @@ fn first_stop(actions: &[Action]) -> Option<String> {
         .next()
 }
 
-/// Mean NLL and perplexity of `model` on `batches` (no gradients, state carried across windows).
+/// Mean NLL and perplexity of `model` on `batches` (no gradients, state carried across windows),
+/// not counting targets equal to `ignore_index` (the training loss's, [`Loss::ignore_index`]).
 ///
 /// # Errors
 /// Model and loss errors.
@@ -1149,6 +1155,7 @@ pub fn evaluate(
     model: &dyn LanguageModel,
     batches: &BpttBatches,
     device: Device,
+    ignore_index: i64,
 ) -> Result<EvalStats, TrainerError> {
     tch::no_grad(|| {
         let mut state = model.initial_state(batches.batch_size(), device);
@@ -1162,7 +1169,7 @@ pub fn evaluate(
                 out.head.bias.as_ref(),
                 &batch.targets,
             );
-            let (s, c) = nll_sum(&input, -100)?;
+            let (s, c) = nll_sum(&input, ignore_index)?;
             sum += s;
             count += c;
             state = out.state;

@@ -75,6 +75,10 @@ impl Loss for Poly1 {
         Ok(LossOutput::new(loss, count))
     }
 
+    fn ignore_index(&self) -> i64 {
+        self.ignore_index
+    }
+
     fn normalizer(&self, targets: &tch::Tensor) -> Result<tch::Tensor, LossError> {
         perplex_losses::counted_normalizer(targets, self.ignore_index, None)
     }
