@@ -36,6 +36,7 @@ pub mod mfu;
 pub mod precision;
 pub mod run_dir;
 pub mod sampling;
+pub mod strategy;
 pub mod teacher;
 pub mod trainer;
 

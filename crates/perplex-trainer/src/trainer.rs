@@ -118,6 +118,8 @@ pub struct Trainer {
     last_grad_norm: f64,
     /// The resolved config, as `config.toml` holds it.
     config_toml: String,
+    /// How reductions across processes are made ([`crate::strategy`]).
+    strategy: Box<dyn crate::strategy::Strategy>,
     /// The loss's metrics of the last step (detached float64 scalars on the device).
     last_metrics: Vec<(String, Tensor)>,
     /// Set by SIGINT/SIGTERM (see [`crate::interrupt`]): stop after the current step.
@@ -183,6 +185,7 @@ impl Trainer {
             last_valid: None,
             last_grad_norm: 0.0,
             config_toml: String::new(),
+            strategy: Box::new(crate::strategy::SingleProcess),
             last_metrics: Vec::new(),
             interrupt: None,
         }
@@ -418,6 +421,17 @@ impl Trainer {
     /// [`FitSummary::interrupted`] names the signal.
     pub fn with_interrupt(mut self, interrupt: crate::interrupt::Interrupt) -> Self {
         self.interrupt = Some(interrupt);
+        self
+    }
+
+    /// Trains as one process of `strategy` (default: [`crate::strategy::SingleProcess`]). A
+    /// process that is not the primary one writes no files and runs no callbacks that do.
+    pub fn with_strategy(mut self, strategy: Box<dyn crate::strategy::Strategy>) -> Self {
+        if !strategy.is_primary() {
+            self.run_dir = None;
+            self.callbacks.clear();
+        }
+        self.strategy = strategy;
         self
     }
 
@@ -803,8 +817,12 @@ impl Trainer {
         // reports (counted tokens, or the sum of the targets' class weights; one per term of a
         // composite loss), so the summed gradient equals the full batch's (never an average of
         // micro-batch means). Made on the device: no synchronisation per step.
-        let normalizer = (k > 1)
-            .then(|| self.loss.normalizer(&batch.targets))
+        let distributed = self.strategy.world_size() > 1;
+        let normalizer = (k > 1 || distributed)
+            .then(|| {
+                let local = self.loss.normalizer(&batch.targets)?;
+                self.strategy.all_reduce_sum(&local)
+            })
             .transpose()?;
         self.optimizer.zero_grad();
         let mut total: Option<Tensor> = None;
@@ -866,7 +884,16 @@ impl Trainer {
             });
             new_states.push(out_state);
         }
-        let total = total.expect("accumulate >= 1 is checked when the trainer is built");
+        let mut total = total.expect("accumulate >= 1 is checked when the trainer is built");
+        if distributed {
+            // Each rank's loss is its share of the global mean: their sum is the step's loss,
+            // and a non-finite value on any rank makes every rank skip (or stop) together.
+            self.strategy.reduce_gradients(self.optimizer.params())?;
+            total = self.strategy.all_reduce_sum(&total)?;
+            for (_, m) in &mut metrics {
+                *m = self.strategy.all_reduce_sum(m)?;
+            }
+        }
         self.last_metrics = metrics;
         *state = HiddenState::cat(&new_states);
         if let Some(ts) = teacher_state {
@@ -1050,12 +1077,20 @@ impl Trainer {
     /// Model and loss errors.
     pub fn evaluate(&self, batches: &BpttBatches) -> Result<EvalStats, TrainerError> {
         self.config.precision.scope(self.device, || {
-            evaluate(
+            let (sum, count) = evaluate_sums(
                 self.model.as_ref(),
                 batches,
                 self.device,
                 self.loss.ignore_index(),
-            )
+            )?;
+            let (sum, count) = (
+                self.strategy.all_reduce_sum(&sum)?,
+                self.strategy.all_reduce_sum(&count)?,
+            );
+            Ok(EvalStats::new(
+                sum.double_value(&[]),
+                count.double_value(&[]) as u64,
+            ))
         })
     }
 }
@@ -1157,6 +1192,24 @@ pub fn evaluate(
     device: Device,
     ignore_index: i64,
 ) -> Result<EvalStats, TrainerError> {
+    let (sum, count) = evaluate_sums(model, batches, device, ignore_index)?;
+    Ok(EvalStats::new(
+        sum.double_value(&[]),
+        count.double_value(&[]) as u64,
+    ))
+}
+
+/// The summed NLL (nats) and the number of counted tokens of `model` on `batches`, as float64
+/// scalars on the device (what data-parallel evaluation sums over processes).
+///
+/// # Errors
+/// Model and loss errors.
+pub fn evaluate_sums(
+    model: &dyn LanguageModel,
+    batches: &BpttBatches,
+    device: Device,
+    ignore_index: i64,
+) -> Result<(Tensor, Tensor), TrainerError> {
     tch::no_grad(|| {
         let mut state = model.initial_state(batches.batch_size(), device);
         let mut sum = Tensor::zeros([], (Kind::Double, device));
@@ -1174,10 +1227,7 @@ pub fn evaluate(
             count += c;
             state = out.state;
         }
-        Ok(EvalStats::new(
-            sum.double_value(&[]),
-            count.double_value(&[]) as u64,
-        ))
+        Ok((sum, count))
     })
 }
 

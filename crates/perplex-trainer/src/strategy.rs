@@ -1,0 +1,69 @@
+//! The seam where data-parallel training plugs in: how gradients are reduced, how token counts,
+//! losses and evaluation sums are reduced, and which process writes files.
+//!
+//! The trainer calls a [`Strategy`] at fixed points of every step, as Lightning Fabric's facade
+//! does; the single-process strategy does nothing there, so a step reads the same with one process
+//! or many. The order inside [`crate::Trainer`]'s step is:
+//! 1. the loss's normaliser of the local batch is summed over processes
+//!    ([`Strategy::all_reduce_sum`]), so every micro-batch on every rank divides by the global
+//!    denominator once;
+//! 2. after the last micro-batch's backward, [`Strategy::reduce_gradients`] sums the gradients
+//!    over processes (a sum, not a mean: the division happened in 1.);
+//! 3. the step's loss (local sum over the global denominator) is summed over processes for the
+//!    log and the non-finite check, so every rank skips or stops together;
+//! 4. evaluation sums (NLL, counted tokens) are summed over processes.
+//!
+//! Only the primary process ([`Strategy::is_primary`]) writes the run directory.
+use std::fmt::Debug;
+
+use tch::Tensor;
+
+use crate::TrainerError;
+
+/// How a step's reductions are made across processes.
+pub trait Strategy: Debug + Send {
+    /// This process's rank, from 0.
+    fn rank(&self) -> usize;
+
+    /// The number of processes.
+    fn world_size(&self) -> usize;
+
+    /// Whether this process writes files (checkpoints, metrics, summary): rank 0.
+    fn is_primary(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// `t` summed over all processes (every process gets the sum).
+    ///
+    /// # Errors
+    /// Communication or libtorch errors.
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, TrainerError>;
+
+    /// Sums every parameter's gradient over all processes, in place.
+    ///
+    /// # Errors
+    /// Communication or libtorch errors.
+    fn reduce_gradients(&self, params: &[(String, Tensor)]) -> Result<(), TrainerError>;
+}
+
+/// One process: every reduction is the identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SingleProcess;
+
+impl Strategy for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn world_size(&self) -> usize {
+        1
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, TrainerError> {
+        Ok(t.shallow_clone())
+    }
+
+    fn reduce_gradients(&self, _params: &[(String, Tensor)]) -> Result<(), TrainerError> {
+        Ok(())
+    }
+}

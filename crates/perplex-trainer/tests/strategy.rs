@@ -1,0 +1,114 @@
+//! The data-parallel seam, tested with a strategy that stands for two ranks holding the same
+//! batch (pitfall BB2-18 (c)): the gradient is summed over ranks and divided once by the global
+//! denominator, so the result equals one process on that batch. Summing without the division
+//! doubles the update, dividing twice halves it; both fail here.
+mod common;
+
+use perplex_trainer::strategy::Strategy;
+use perplex_trainer::{Trainer, TrainerError};
+use tch::Tensor;
+
+/// `world_size` ranks that all hold this process's batch: a sum over ranks is `world_size`
+/// times the local value.
+#[derive(Debug)]
+struct Mirror {
+    world_size: usize,
+    /// What `reduce_gradients` multiplies by (the right one is `world_size`).
+    gradient_factor: f64,
+}
+
+impl Strategy for Mirror {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, TrainerError> {
+        Ok(t * self.world_size as f64)
+    }
+
+    fn reduce_gradients(&self, params: &[(String, Tensor)]) -> Result<(), TrainerError> {
+        tch::no_grad(|| {
+            for (_, p) in params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.f_mul_scalar_(self.gradient_factor)?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Final weights and the logged step losses of 3 SGD steps with `strategy`.
+fn train(dir: &std::path::Path, name: &str, strategy: Option<Mirror>) -> (Vec<f32>, Vec<f64>) {
+    let loss = "type = \"softmax_cross_entropy\"\nlabel_smoothing = 0.1";
+    let mut cfg = common::tiny_char_config(dir, name, loss, "eval = false");
+    cfg.trainer.max_steps = 3;
+    cfg.trainer.log_every = 1;
+    cfg.optim = serde_json::from_str(r#"{"type": "sgd", "lr": 0.5}"#).unwrap();
+    let mut trainer = Trainer::from_config(cfg).unwrap();
+    if let Some(s) = strategy {
+        trainer = trainer.with_strategy(Box::new(s));
+    }
+    trainer.fit().unwrap();
+    let mut vars: Vec<(String, Tensor)> = trainer.var_store().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let weights = vars
+        .iter()
+        .flat_map(|(_, t)| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap())
+        .collect();
+    let losses = std::fs::read_to_string(dir.join(name).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "train")
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    (weights, losses)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn identical_ranks_step_as_one_process_and_wrong_reductions_do_not() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (w1, l1) = train(dir.path(), "single", None);
+    for world_size in [2, 4] {
+        let right = Mirror {
+            world_size,
+            gradient_factor: world_size as f64,
+        };
+        let (w, l) = train(dir.path(), &format!("mirror-{world_size}"), Some(right));
+        assert!(
+            max_diff(&w1, &w) < 1e-6,
+            "{world_size} ranks: {}",
+            max_diff(&w1, &w)
+        );
+        for (a, b) in l1.iter().zip(&l) {
+            assert!(
+                (a - b).abs() < 1e-6 * a,
+                "{world_size} ranks: losses {l1:?} vs {l:?}"
+            );
+        }
+    }
+    // Summing without the global denominator (gradients × 4 instead of × 2 here) or dividing
+    // twice (× 1) moves the weights away from the single process's.
+    for factor in [4.0, 1.0] {
+        let wrong = Mirror {
+            world_size: 2,
+            gradient_factor: factor,
+        };
+        let (w, _) = train(dir.path(), &format!("wrong-{factor}"), Some(wrong));
+        assert!(max_diff(&w1, &w) > 1e-3, "factor {factor} went unnoticed");
+    }
+}
