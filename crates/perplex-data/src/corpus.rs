@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::batch::ids_to_tensor;
+use crate::stream::TokenStream;
 use crate::tokenizer::{CharTokenizer, Tokenizer, WordTokenizer};
 use crate::{fetch, BpttBatches, DataError, Vocabulary};
 
@@ -183,17 +184,27 @@ impl LmData {
     ) -> Result<Self, DataError> {
         config.validate()?;
         let tokenizer = config.tokenizer.tokenizer();
-        let (train_toks, valid_toks, test_toks) = if let Some(train) = &config.train {
+        // Token ids, never one String per token: interned as read, ranked, then remapped.
+        let mut stream = TokenStream::new();
+        let mut read = |p: &Path| -> Result<std::ops::Range<usize>, DataError> {
+            let range = stream.push_text(tokenizer.as_ref(), &read_text(p)?);
+            if stream.all_are(range.clone(), WordTokenizer::EOS) {
+                // A file of only newlines gives only <eos> tokens: as empty as an empty file.
+                return Err(DataError::EmptyCorpus {
+                    path: p.to_path_buf(),
+                });
+            }
+            Ok(range)
+        };
+        let (train, valid, test) = if let Some(train) = &config.train {
             let valid = config
                 .valid
                 .as_ref()
                 .expect("validated: valid is set with train");
-            let read = |p: &Path| -> Result<Vec<String>, DataError> {
-                let toks = tokenizer.tokenize(&read_text(p)?);
-                non_empty(toks, p)
-            };
-            let test = config.test.as_deref().map(read).transpose()?;
-            (read(train)?, read(valid)?, test)
+            let train = read(train)?;
+            let valid = read(valid)?;
+            let test = config.test.as_deref().map(&mut read).transpose()?;
+            (train, valid, test)
         } else {
             let path = match &config.path {
                 Some(p) => p.clone(),
@@ -202,20 +213,19 @@ impl LmData {
                     fetch::fetch_corpus(name, &config.data_dir)?
                 }
             };
-            let toks = non_empty(tokenizer.tokenize(&read_text(&path)?), &path)?;
-            split(toks, &config.splits)
+            split(read(&path)?, &config.splits)
         };
         let vocab = vocab.unwrap_or_else(|| {
             let cap = (config.max_vocab_size > 0).then_some(config.max_vocab_size);
-            Vocabulary::build(&train_toks, cap)
+            stream.vocabulary(train.clone(), cap)
         });
-        let valid_ids = vocab.encode(&valid_toks);
+        let valid_ids = stream.encode(valid, &vocab);
         let valid_unk_rate =
             valid_ids.iter().filter(|&&i| i == 0).count() as f64 / valid_ids.len().max(1) as f64;
         let data = Self {
-            train: ids_to_tensor(&vocab.encode(&train_toks)),
+            train: ids_to_tensor(&stream.encode(train, &vocab)),
             valid: ids_to_tensor(&valid_ids),
-            test: test_toks.map(|t| ids_to_tensor(&vocab.encode(&t))),
+            test: test.map(|t| ids_to_tensor(&stream.encode(t, &vocab))),
             vocab,
             tokenizer: config.tokenizer,
             valid_unk_rate,
@@ -263,32 +273,28 @@ impl LmData {
     }
 }
 
+/// Splits the token range `all` by `fractions` (train, valid[, test]), cutting at `int(f · n)` as
+/// the reference (nanoGPT's prepare.py) does.
 fn split(
-    mut toks: Vec<String>,
+    all: std::ops::Range<usize>,
     fractions: &[f64],
-) -> (Vec<String>, Vec<String>, Option<Vec<String>>) {
-    let n = toks.len();
-    // int(f * n) as in the reference (nanoGPT's prepare.py).
+) -> (
+    std::ops::Range<usize>,
+    std::ops::Range<usize>,
+    Option<std::ops::Range<usize>>,
+) {
+    let n = all.len();
     let n_train = (fractions[0] * n as f64) as usize;
     let n_valid_end = if fractions.len() == 3 {
         ((fractions[0] + fractions[1]) * n as f64) as usize
     } else {
         n
     };
-    let rest = toks.split_off(n_train);
-    let mut rest = rest;
-    let test = (fractions.len() == 3).then(|| rest.split_off(n_valid_end - n_train));
-    (toks, rest, test)
-}
-
-fn non_empty(toks: Vec<String>, path: &Path) -> Result<Vec<String>, DataError> {
-    // A file of only newlines gives only <eos> tokens: as empty as an empty file.
-    if toks.iter().all(|t| t == WordTokenizer::EOS) {
-        return Err(DataError::EmptyCorpus {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(toks)
+    let at = |k: usize| all.start + k;
+    let train = all.start..at(n_train);
+    let valid = at(n_train)..at(n_valid_end);
+    let test = (fractions.len() == 3).then(|| at(n_valid_end)..all.end);
+    (train, valid, test)
 }
 
 /// Reads a UTF-8 text file.
@@ -309,10 +315,9 @@ mod tests {
 
     #[test]
     fn split_uses_floor_of_fraction() {
-        let toks: Vec<String> = (0..10).map(|i| i.to_string()).collect();
-        let (a, b, c) = split(toks.clone(), &[0.9, 0.1]);
-        assert_eq!((a.len(), b.len(), c), (9, 1, None));
-        let (a, b, c) = split(toks, &[0.8, 0.1, 0.1]);
-        assert_eq!((a.len(), b.len(), c.map(|c| c.len())), (8, 1, Some(1)));
+        let (a, b, c) = split(0..10, &[0.9, 0.1]);
+        assert_eq!((a, b, c), (0..9, 9..10, None));
+        let (a, b, c) = split(5..15, &[0.8, 0.1, 0.1]);
+        assert_eq!((a, b, c), (5..13, 13..14, Some(14..15)));
     }
 }

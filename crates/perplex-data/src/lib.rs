@@ -23,6 +23,7 @@ pub mod corpus;
 pub mod error;
 pub mod fetch;
 pub mod source;
+pub mod stream;
 pub mod tokenizer;
 pub mod vocab;
 
@@ -31,5 +32,6 @@ pub use corpus::{DataConfig, LmData, TokenizerKind};
 pub use error::DataError;
 pub use fetch::{fetch_corpus, KnownCorpus, TINY_SHAKESPEARE};
 pub use source::DataSource;
+pub use stream::TokenStream;
 pub use tokenizer::{CharTokenizer, Tokenizer, WordTokenizer};
 pub use vocab::Vocabulary;

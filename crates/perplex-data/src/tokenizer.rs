@@ -5,8 +5,14 @@ use regex::Regex;
 ///
 /// Implementations must be deterministic: the same text always gives the same tokens.
 pub trait Tokenizer: Send + Sync {
-    /// Appends the tokens of `text` (a whole corpus or split) to `out`.
-    fn tokenize_into(&self, text: &str, out: &mut Vec<String>);
+    /// Calls `f` with each token of `text` in order, without allocating one `String` per token
+    /// (a whole corpus is tokenized this way, see [`crate::TokenStream`]).
+    fn for_each_token(&self, text: &str, f: &mut dyn FnMut(&str));
+
+    /// Appends the tokens of `text` to `out`.
+    fn tokenize_into(&self, text: &str, out: &mut Vec<String>) {
+        self.for_each_token(text, &mut |t| out.push(t.to_string()));
+    }
 
     /// The tokens of `text`.
     fn tokenize(&self, text: &str) -> Vec<String> {
@@ -51,12 +57,14 @@ impl Default for WordTokenizer {
 }
 
 impl Tokenizer for WordTokenizer {
-    fn tokenize_into(&self, text: &str, out: &mut Vec<String>) {
+    fn for_each_token(&self, text: &str, f: &mut dyn FnMut(&str)) {
         // `split('\n')` (not `lines()`): a trailing newline yields a last empty line with its own
         // <eos>, exactly as Python's `text.split('\n')` in the reference does.
         for line in text.split('\n') {
-            out.extend(self.pattern.find_iter(line).map(|m| m.as_str().to_string()));
-            out.push(self.eos.clone());
+            for m in self.pattern.find_iter(line) {
+                f(m.as_str());
+            }
+            f(&self.eos);
         }
     }
 
@@ -82,8 +90,11 @@ impl Tokenizer for WordTokenizer {
 pub struct CharTokenizer;
 
 impl Tokenizer for CharTokenizer {
-    fn tokenize_into(&self, text: &str, out: &mut Vec<String>) {
-        out.extend(text.chars().map(String::from));
+    fn for_each_token(&self, text: &str, f: &mut dyn FnMut(&str)) {
+        let mut buf = [0u8; 4];
+        for c in text.chars() {
+            f(c.encode_utf8(&mut buf));
+        }
     }
 
     fn detokenize(&self, tokens: &[&str]) -> String {

@@ -53,6 +53,19 @@ impl Vocabulary {
     /// The unknown token, always id 0.
     pub const UNK: &'static str = "<unk>";
 
+    /// `<unk>` followed by `ranked` (in that order; a repeated token or `<unk>` is skipped).
+    pub fn from_ranked<'a>(ranked: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut itos = vec![Self::UNK.to_string()];
+        let mut stoi = HashMap::from([(Self::UNK.to_string(), 0i64)]);
+        for t in ranked {
+            if !stoi.contains_key(t) {
+                stoi.insert(t.to_string(), itos.len() as i64);
+                itos.push(t.to_string());
+            }
+        }
+        Self { itos, stoi }
+    }
+
     /// Builds a vocabulary from `tokens`: `<unk>` plus the `max_size` most frequent tokens
     /// (`max_size = None` keeps all).
     pub fn build<S: AsRef<str>>(tokens: &[S], max_size: Option<usize>) -> Self {
