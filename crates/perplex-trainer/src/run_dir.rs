@@ -133,3 +133,66 @@ pub fn append_metrics(path: &Path, record: &serde_json::Value) -> Result<(), Tra
         .map_err(|e| TrainerError::io(path, e))?;
     writeln!(f, "{record}").map_err(|e| TrainerError::io(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/dev/full` takes no byte: every write fails with ENOSPC, as on a full disk.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_full_disk_is_reported_in_words_with_the_file() {
+        let full = Path::new("/dev/full");
+        let e = append_metrics(full, &serde_json::json!({"kind": "train"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/full") && e.contains("no space left on device") && !e.contains("Os {"),
+            "{e}"
+        );
+        let tensors = vec![("w".to_string(), Tensor::zeros([4], tch::kind::FLOAT_CPU))];
+        let e = write_tensors(full, &tensors).unwrap_err().to_string();
+        assert!(
+            e.contains("/dev/full")
+                && e.contains("no space left on device")
+                && !e.contains("Os {")
+                && !e.contains("IoError"),
+            "{e}"
+        );
+    }
+
+    /// A mounted 64 KiB tmpfs, when this process may mount one (root on Linux); else `None`.
+    fn tiny_tmpfs() -> Option<tempfile::TempDir> {
+        let dir = tempfile::tempdir().ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(dir)
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn weights_that_do_not_fit_on_the_disk_are_reported_in_words() {
+        let Some(dir) = tiny_tmpfs() else {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _w = vs.root().zeros("w", &[64 * 1024]);
+        let path = dir.path().join("model.safetensors");
+        let e = save_weights(&vs, &path);
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains("no space left on device")
+                && !e.contains("Os {"),
+            "{e}"
+        );
+    }
+}
