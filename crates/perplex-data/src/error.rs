@@ -101,6 +101,27 @@ pub enum DataError {
 /// The reason of an I/O error in words, without Rust's debug form or the OS error number:
 /// `no space left on device`, `permission denied`, `read-only file system`.
 pub fn io_reason(e: &std::io::Error) -> String {
+    // Wrappers such as tempfile's add the path (named by the caller anyway) around the OS error.
+    if e.raw_os_error().is_none() {
+        let mut inner = e.get_ref().and_then(|r| r.source());
+        while let Some(cause) = inner {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                return io_reason(io);
+            }
+            inner = cause.source();
+        }
+        // tempfile's wrapper hides its cause: "<reason> (os error N) at path ...".
+        let text = e.to_string();
+        if let Some(at) = text.find("(os error ") {
+            let digits: String = text[at + 10..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(code) = digits.parse() {
+                return io_reason(&std::io::Error::from_raw_os_error(code));
+            }
+        }
+    }
     let text = match e.raw_os_error() {
         // The OS's own text (strerror) without the ` (os error N)` Rust appends.
         Some(code) => {
@@ -186,6 +207,8 @@ mod tests {
             io_reason(&std::io::Error::from_raw_os_error(30)),
             "read-only file system"
         );
+        let wrapped = tempfile::tempfile_in("/nonexistent/dir").unwrap_err();
+        assert_eq!(io_reason(&wrapped), "no such file or directory");
         let custom = std::io::Error::other("EOF while parsing");
         assert_eq!(io_reason(&custom), "EOF while parsing");
         let full = std::fs::OpenOptions::new()
