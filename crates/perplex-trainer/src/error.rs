@@ -79,7 +79,7 @@ impl TrainerError {
 }
 
 /// An error that caused a file operation to fail, told in words.
-pub(crate) trait IoReason {
+pub trait IoReason {
     /// What went wrong, e.g. `no space left on device`.
     fn reason(&self) -> String;
 }
