@@ -390,8 +390,13 @@ impl LoadedModel {
 
 /// Copies the tensors of the safetensors file `weights` into the variables of `vs`, after
 /// checking that each variable is in the file with the variable's shape; `model_of` says which
-/// model the variables belong to.
-fn load_weights(vs: &mut nn::VarStore, weights: &Path, model_of: &str) -> Result<(), TrainerError> {
+/// model the variables belong to. Errors name the file, the tensor and both shapes, never
+/// libtorch's backtrace (usable wherever weights are loaded, e.g. when resuming).
+pub(crate) fn load_weights(
+    vs: &mut nn::VarStore,
+    weights: &Path,
+    model_of: &str,
+) -> Result<(), TrainerError> {
     let saved: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(weights)
         .map_err(|e| TrainerError::io(weights, e))?
         .into_iter()
