@@ -41,9 +41,21 @@ pub struct EvalArgs {
 /// A checkpoint that cannot be loaded, a split or file that cannot be read or is too short, a
 /// per-token file that cannot be written.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    // Before any long work: the per-token file must be writable.
+    if let Some(out) = &args.per_token {
+        perplex_trainer::run_dir::check_writable_file(out).context("--per-token")?;
+    }
     let device = parse_device(&args.device)?;
     let model = LoadedModel::load(&args.checkpoint, device)
         .with_context(|| format!("loading the model in {}", args.checkpoint.display()))?;
+    if args.split == "test" {
+        if let Some(why) = no_test_split(&model.config.data) {
+            bail!(
+                "the run in {} has no test split: {why}",
+                args.checkpoint.display()
+            );
+        }
+    }
     let (ids, what) = match args.split.as_str() {
         "valid" | "test" => {
             let ids = model
@@ -125,6 +137,26 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why a run's data config gives no test split (with what to do instead), or `None` when it
+/// gives one.
+fn no_test_split(data: &perplex_data::DataConfig) -> Option<String> {
+    if data.train.is_some() {
+        return data.test.is_none().then(|| {
+            "its config reads the corpus from separate files (data.train, data.valid) and names \
+             no data.test; use --split valid, or score a text file: --split FILE"
+                .to_string()
+        });
+    }
+    (data.splits.len() < 3).then(|| {
+        let splits: Vec<String> = data.splits.iter().map(|f| format!("{f}")).collect();
+        format!(
+            "its config splits the corpus as [{}] (train, valid); use --split valid, or train \
+             with data.splits = [0.8, 0.1, 0.1] for a test split",
+            splits.join(", ")
+        )
+    })
+}
+
 /// A table of the `top` tokens with the highest NLL, with the text before each.
 fn surprising(
     model: &LoadedModel,
@@ -187,6 +219,26 @@ fn escape(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_test_split_names_the_splits_there_are() {
+        let mut data = perplex_data::DataConfig {
+            splits: vec![0.9, 0.1],
+            ..Default::default()
+        };
+        let why = no_test_split(&data).unwrap();
+        assert!(
+            why.contains("[0.9, 0.1] (train, valid)") && why.contains("--split valid"),
+            "{why}"
+        );
+        data.splits = vec![0.8, 0.1, 0.1];
+        assert_eq!(no_test_split(&data), None);
+        data.train = Some("train.txt".into());
+        data.valid = Some("valid.txt".into());
+        assert!(no_test_split(&data).unwrap().contains("data.test"));
+        data.test = Some("test.txt".into());
+        assert_eq!(no_test_split(&data), None);
+    }
 
     #[test]
     fn escaping_keeps_one_token_per_cell() {

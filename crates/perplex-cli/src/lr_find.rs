@@ -38,6 +38,8 @@ pub struct LrFindArgs {
 /// written.
 pub fn run(args: LrFindArgs) -> anyhow::Result<()> {
     let config = RunConfig::load(args.config.as_deref(), &args.overrides)?;
+    // Before training: the output directory must take files.
+    perplex_trainer::run_dir::check_writable_dir(&args.out).context("--out")?;
     let options = LrFindOptions {
         min_lr: args.min_lr,
         max_lr: args.max_lr,

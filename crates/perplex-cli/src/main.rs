@@ -76,11 +76,15 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(|| LogWriter)
+        .with_ansi(colour_logs())
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A libtorch message anywhere in the chain keeps its first lines, not the C++
+            // backtrace libtorch appends.
+            let message = format!("{e:#}");
+            eprintln!("error: {}", perplex_data::error::torch_message(&message));
             ExitCode::FAILURE
         }
     }
@@ -111,6 +115,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Logs are coloured only when stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>): a log redirected to a file holds no escape codes.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Writes log lines to stderr above the progress bar (if one is drawn) instead of through it.

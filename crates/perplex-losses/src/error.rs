@@ -62,6 +62,6 @@ pub enum LossError {
         expected: &'static str,
     },
     /// libtorch refused an operation.
-    #[error("libtorch error in a loss: {0}")]
+    #[error("libtorch error in a loss: {}", perplex_data::error::tch_reason(.0))]
     Torch(#[from] tch::TchError),
 }

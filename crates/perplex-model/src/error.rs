@@ -26,6 +26,6 @@ pub enum ModelError {
         expected: String,
     },
     /// libtorch refused an operation.
-    #[error("libtorch error in the model: {0}")]
+    #[error("libtorch error in the model: {}", perplex_data::error::tch_reason(.0))]
     Torch(#[from] tch::TchError),
 }

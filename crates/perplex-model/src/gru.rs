@@ -171,7 +171,11 @@ impl LanguageModel for GruLm {
             expected: "the GRU hidden state h [layers, batch, hidden]".into(),
         })?;
         let p = self.config.dropout;
-        let emb = nn::Module::forward(&self.embedding, input).f_dropout(p, train)?;
+        // The fallible form of `Embedding::forward` (built with the default padding_idx -1,
+        // scale_grad_by_freq false, sparse false): an id outside the vocabulary is an error,
+        // not a panic.
+        let emb = Tensor::f_embedding(&self.embedding.ws, input, -1, false, false)?
+            .f_dropout(p, train)?;
         let (hidden, h) = emb.f_gru(
             h0,
             &self.gru_weights,
@@ -236,6 +240,27 @@ mod tests {
             .forward(&x, &m.initial_state(2, Device::Cpu), false)
             .unwrap_err();
         assert!(err.to_string().contains("int64 token ids"), "{err}");
+    }
+
+    #[test]
+    fn an_id_outside_the_vocabulary_is_an_error_without_a_cpp_backtrace() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = GruLmConfig {
+            embedding_dim: 4,
+            hidden_size: 8,
+            ..Default::default()
+        };
+        let m = cfg.build(&vs.root(), 10).unwrap();
+        let x = Tensor::from_slice(&[1i64, 10]).view([1, 2]);
+        let err = m
+            .forward(&x, &m.initial_state(1, Device::Cpu), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("index out of range"), "{err}");
+        assert!(
+            !err.contains("frame #") && !err.contains("Exception raised from"),
+            "{err}"
+        );
     }
 
     #[test]

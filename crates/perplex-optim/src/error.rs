@@ -29,6 +29,6 @@ pub enum OptimError {
     #[error("optimiser state does not fit: {0}")]
     BadState(String),
     /// libtorch refused an operation.
-    #[error("libtorch error in the optimiser: {0}")]
+    #[error("libtorch error in the optimiser: {}", perplex_data::error::tch_reason(.0))]
     Torch(#[from] tch::TchError),
 }

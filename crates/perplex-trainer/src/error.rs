@@ -75,15 +75,91 @@ pub enum TrainerError {
         message: String,
     },
     /// libtorch refused an operation.
-    #[error("libtorch error: {0}")]
+    #[error("libtorch error: {}", perplex_data::error::tch_reason(.0))]
     Torch(#[from] tch::TchError),
 }
 
 impl TrainerError {
-    pub(crate) fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+    /// An [`TrainerError::Io`] for `path`, its message the reason in words (`no space left on
+    /// device`, `permission denied`), never Rust's debug form of the error.
+    pub(crate) fn io(path: &std::path::Path, e: impl IoReason) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: e.reason(),
         }
+    }
+}
+
+/// An error that caused a file operation to fail, told in words.
+pub trait IoReason {
+    /// What went wrong, e.g. `no space left on device`.
+    fn reason(&self) -> String;
+}
+
+impl IoReason for std::io::Error {
+    fn reason(&self) -> String {
+        perplex_data::error::io_reason(self)
+    }
+}
+
+impl IoReason for tch::TchError {
+    fn reason(&self) -> String {
+        perplex_data::error::tch_reason(self)
+    }
+}
+
+impl IoReason for serde_json::Error {
+    fn reason(&self) -> String {
+        match self.io_error_kind() {
+            Some(_) => match std::error::Error::source(self)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+            {
+                Some(io) => perplex_data::error::io_reason(io),
+                None => self.to_string(),
+            },
+            None => self.to_string(),
+        }
+    }
+}
+
+impl IoReason for String {
+    fn reason(&self) -> String {
+        self.clone()
+    }
+}
+
+impl IoReason for &str {
+    fn reason(&self) -> String {
+        (*self).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_told_in_words_with_their_path() {
+        let path = std::path::Path::new("checkpoints/step-00000400/model.safetensors");
+        let e = TrainerError::io(path, std::io::Error::from_raw_os_error(28)).to_string();
+        assert!(
+            e.contains("checkpoints/step-00000400/model.safetensors")
+                && e.contains("no space left on device")
+                && !e.contains("Os {")
+                && !e.contains("os error"),
+            "{e}"
+        );
+        let tch = tch::TchError::Io(std::io::Error::from_raw_os_error(30));
+        let e = TrainerError::io(path, tch).to_string();
+        assert!(e.contains("read-only file system"), "{e}");
+    }
+
+    #[test]
+    fn torch_errors_lose_the_cpp_backtrace() {
+        let e = TrainerError::Torch(tch::TchError::Torch(
+            "shape mismatch\nException raised from f at x.cpp:1\nframe #0: c10::Error".into(),
+        ))
+        .to_string();
+        assert_eq!(e, "libtorch error: shape mismatch");
     }
 }

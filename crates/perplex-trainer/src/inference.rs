@@ -94,15 +94,13 @@ impl LoadedModel {
         let vocab = Vocabulary::load(&vocab_path)?;
         let mut vs = nn::VarStore::new(device);
         let model = config.model.build(&vs.root(), vocab.len() as i64)?;
-        vs.load(&weights).map_err(|e| TrainerError::Io {
-            path: weights.clone(),
-            message: format!(
-                "the weights do not fit the model of {} with the {} tokens of {}: {e}",
-                config_path.display(),
-                vocab.len(),
-                vocab_path.display()
-            ),
-        })?;
+        let model_of = format!(
+            "the model of {} with the {} tokens of {}",
+            config_path.display(),
+            vocab.len(),
+            vocab_path.display()
+        );
+        load_weights(&mut vs, &weights, &model_of)?;
         Ok(Self {
             config,
             vocab,
@@ -393,6 +391,65 @@ impl LoadedModel {
     }
 }
 
+/// Copies the tensors of the safetensors file `weights` into the variables of `vs`, after
+/// checking that each variable is in the file with the variable's shape; `model_of` says which
+/// model the variables belong to. Errors name the file, the tensor and both shapes, never
+/// libtorch's backtrace (usable wherever weights are loaded, e.g. when resuming).
+pub(crate) fn load_weights(
+    vs: &mut nn::VarStore,
+    weights: &Path,
+    model_of: &str,
+) -> Result<(), TrainerError> {
+    let saved: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(weights)
+        .map_err(|e| TrainerError::io(weights, e))?
+        .into_iter()
+        .collect();
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let mismatch = |message: String| TrainerError::Io {
+        path: weights.to_path_buf(),
+        message: format!("the weights do not fit {model_of}: {message}"),
+    };
+    for (name, var) in &variables {
+        let Some(tensor) = saved.get(name) else {
+            return Err(mismatch(format!(
+                "the file has no tensor `{name}` (it holds {})",
+                names(saved.keys())
+            )));
+        };
+        if tensor.size() != var.size() {
+            return Err(mismatch(format!(
+                "tensor `{name}` has shape {:?} in the file, the model expects {:?}",
+                tensor.size(),
+                var.size()
+            )));
+        }
+    }
+    tch::no_grad(|| -> Result<(), TrainerError> {
+        for (name, mut var) in variables {
+            var.f_copy_(&saved[&name]).map_err(|e| {
+                mismatch(format!(
+                    "tensor `{name}`: {}",
+                    perplex_data::error::tch_reason(&e)
+                ))
+            })?;
+        }
+        Ok(())
+    })
+}
+
+/// Names in sorted order, backquoted and comma-separated.
+fn names<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let mut names: Vec<&String> = names.collect();
+    names.sort();
+    let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    if list.is_empty() {
+        "no tensor".into()
+    } else {
+        list.join(", ")
+    }
+}
+
 /// `dir/name`, or the same name in one of the `MAX_LEVELS_UP` directories above `dir`.
 fn find_upwards(dir: &Path, name: &str) -> Result<PathBuf, TrainerError> {
     let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
@@ -416,7 +473,7 @@ fn find_upwards(dir: &Path, name: &str) -> Result<PathBuf, TrainerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use perplex_model::GruLmConfig;
+    use perplex_model::{GruLmConfig, ModelConfig};
 
     /// A run directory with an untrained tiny char-level GRU over `text`'s characters.
     fn tiny_run(text: &str) -> (tempfile::TempDir, LoadedModel) {
@@ -515,6 +572,55 @@ mod tests {
         let loaded = LoadedModel::load(&ckpt, Device::Cpu).unwrap();
         assert_eq!(loaded.vocab, m.vocab);
         assert_eq!(loaded.weights, ckpt.join(WEIGHTS));
+    }
+
+    #[test]
+    fn weights_of_another_shape_name_the_tensor_and_both_shapes() {
+        let (dir, m) = tiny_run(TEXT);
+        let other = nn::VarStore::new(Device::Cpu);
+        let config = GruLmConfig {
+            embedding_dim: 8,
+            hidden_size: 12,
+            num_layers: 1,
+            dropout: 0.0,
+        };
+        let _model = config.build(&other.root(), m.vocab.len() as i64).unwrap();
+        other.save(dir.path().join(WEIGHTS)).unwrap();
+        let e = LoadedModel::load(dir.path(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.safetensors")
+                && e.contains(
+                    "`gru.bias_hh_l0` has shape [36] in the file, the model expects [48]"
+                ),
+            "{e}"
+        );
+        assert!(
+            !e.contains("frame #") && !e.contains("Exception raised from"),
+            "{e}"
+        );
+
+        // A file without one of the model's tensors.
+        let w = Tensor::zeros([2], tch::kind::FLOAT_CPU);
+        Tensor::write_safetensors(&[("other", &w)], dir.path().join(WEIGHTS)).unwrap();
+        let e = LoadedModel::load(dir.path(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no tensor `embedding.weight` (it holds `other`)"),
+            "{e}"
+        );
+
+        // Not a safetensors file at all.
+        std::fs::write(dir.path().join(WEIGHTS), b"garbage!garbage!").unwrap();
+        let e = LoadedModel::load(dir.path(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("not a safetensors file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{nn, Tensor};
 
+use crate::error::IoReason;
 use crate::TrainerError;
 
 /// File names inside a run directory.
@@ -64,6 +65,70 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainerError> {
     tmp.persist(path)
         .map_err(|e| TrainerError::io(path, e.error))?;
     Ok(())
+}
+
+/// Checks, before any long work, that the directory `dir` can take new files: creates it (and
+/// its parents) when missing, then creates and removes a temporary file in it.
+///
+/// # Errors
+/// [`TrainerError::Io`] naming `dir` and the reason: a parent that is a file, a read-only or
+/// full file system, a permission denied.
+pub fn check_writable_dir(dir: &Path) -> Result<(), TrainerError> {
+    writable_dir(dir).map_err(|message| TrainerError::Io {
+        path: dir.to_path_buf(),
+        message,
+    })
+}
+
+/// Checks, before any long work, that the file `path` can be written (as
+/// [`write_atomically`] does): its directory can take new files ([`check_writable_dir`],
+/// which creates it when missing) and `path` is not a directory.
+///
+/// # Errors
+/// [`TrainerError::Io`] naming `path` and the reason.
+pub fn check_writable_file(path: &Path) -> Result<(), TrainerError> {
+    if path.is_dir() {
+        return Err(TrainerError::io(
+            path,
+            "it is a directory: give a file name",
+        ));
+    }
+    writable_dir(path.parent().unwrap_or(Path::new(""))).map_err(|message| TrainerError::Io {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// What stops `dir` from taking new files, in words naming the directory at fault.
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if let Some(existing) = dir.ancestors().find(|a| a.exists()) {
+        if !existing.is_dir() {
+            return Err(format!("{} is a file, not a directory", existing.display()));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create the directory {}: {}",
+            dir.display(),
+            e.reason()
+        )
+    })?;
+    let probe = tempfile::Builder::new()
+        .prefix(".perplex-write-check-")
+        .tempfile_in(dir)
+        .map_err(|e| format!("cannot create files in {}: {}", dir.display(), e.reason()))?;
+    probe.close().map_err(|e| {
+        format!(
+            "cannot remove a file from {}: {}",
+            dir.display(),
+            e.reason()
+        )
+    })
 }
 
 /// Saves the variables of `vs` as safetensors, atomically.
@@ -132,4 +197,103 @@ pub fn append_metrics(path: &Path, record: &serde_json::Value) -> Result<(), Tra
         .open(path)
         .map_err(|e| TrainerError::io(path, e))?;
     writeln!(f, "{record}").map_err(|e| TrainerError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/dev/full` takes no byte: every write fails with ENOSPC, as on a full disk.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_full_disk_is_reported_in_words_with_the_file() {
+        let full = Path::new("/dev/full");
+        let e = append_metrics(full, &serde_json::json!({"kind": "train"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/full") && e.contains("no space left on device") && !e.contains("Os {"),
+            "{e}"
+        );
+        let tensors = vec![("w".to_string(), Tensor::zeros([4], tch::kind::FLOAT_CPU))];
+        let e = write_tensors(full, &tensors).unwrap_err().to_string();
+        assert!(
+            e.contains("/dev/full")
+                && e.contains("no space left on device")
+                && !e.contains("Os {")
+                && !e.contains("IoError"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn writability_is_checked_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = check_writable_file(&file.join("out.tsv"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a-file/out.tsv") && e.contains("is a file, not a directory"),
+            "{e}"
+        );
+        let e = check_writable_dir(&file.join("lr"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a-file/lr") && e.contains("not a directory"),
+            "{e}"
+        );
+        let e = check_writable_file(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        // A missing parent is created, and nothing is left in it.
+        let out = dir.path().join("new/sub/out.tsv");
+        check_writable_file(&out).unwrap();
+        assert!(out.parent().unwrap().is_dir());
+        assert_eq!(std::fs::read_dir(out.parent().unwrap()).unwrap().count(), 0);
+        // /proc takes no new file, even from root.
+        #[cfg(target_os = "linux")]
+        {
+            let e = check_writable_file(Path::new("/proc/out.tsv"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("/proc/out.tsv") && !e.contains("Os {"), "{e}");
+        }
+    }
+
+    /// A mounted 64 KiB tmpfs, when this process may mount one (root on Linux); else `None`.
+    fn tiny_tmpfs() -> Option<tempfile::TempDir> {
+        let dir = tempfile::tempdir().ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(dir)
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn weights_that_do_not_fit_on_the_disk_are_reported_in_words() {
+        let Some(dir) = tiny_tmpfs() else {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _w = vs.root().zeros("w", &[64 * 1024]);
+        let path = dir.path().join("model.safetensors");
+        let e = save_weights(&vs, &path);
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains("no space left on device")
+                && !e.contains("Os {"),
+            "{e}"
+        );
+    }
 }

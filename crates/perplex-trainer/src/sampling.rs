@@ -81,14 +81,19 @@ impl Sampler {
     /// libtorch errors (a `logits` of the wrong shape).
     pub fn next(&mut self, logits: &Tensor) -> Result<i64, TrainerError> {
         let o = &self.options;
-        let mut logits = logits.f_to_kind(Kind::Float)?;
+        // Double: a temperature below float32's range (1e-300) must not round to 0.
+        let mut logits = logits.f_to_kind(Kind::Double)?;
         if let Some(b) = &self.banned {
             logits = logits.f_index_fill(0, b, f64::NEG_INFINITY)?;
         }
         if o.temperature == 0.0 {
             return Ok(logits.f_argmax(0, false)?.int64_value(&[]));
         }
-        logits = logits.f_div_scalar(o.temperature)?;
+        // Shifted so that the largest logit is 0 first: a tiny temperature then sends the
+        // others to -inf instead of overflowing every logit to ±inf (a NaN softmax).
+        logits = logits
+            .f_sub(&logits.f_max()?)?
+            .f_div_scalar(o.temperature)?;
         let vocab = logits.size()[0];
         if o.top_k > 0 && (o.top_k as i64) < vocab {
             let (values, _) = logits.f_topk(o.top_k as i64, 0, true, true)?;
@@ -282,6 +287,19 @@ mod tests {
         let c = counts(
             &mut sampler(SamplingOptions {
                 temperature: 0.0,
+                banned_ids: vec![1],
+                ..Default::default()
+            }),
+            20,
+        );
+        assert_eq!(c, [0, 0, 0, 20]);
+    }
+
+    #[test]
+    fn a_tiny_temperature_is_greedy_not_nan() {
+        let c = counts(
+            &mut sampler(SamplingOptions {
+                temperature: 1e-300,
                 banned_ids: vec![1],
                 ..Default::default()
             }),
