@@ -76,20 +76,35 @@ pub fn save(
         .tempdir_in(&root)
         .map_err(|e| TrainerError::io(&root, e))?;
     let t = tmp.path();
-    write_tensors(&t.join(files::WEIGHTS), &sorted_variables(vs))?;
-    write_tensors(&t.join("optimizer.safetensors"), &optimizer.state())?;
-    let hidden: Vec<(String, Tensor)> = hidden
-        .map(|h| {
-            h.0.iter()
-                .enumerate()
-                .map(|(i, t)| (format!("hidden.{i}"), t.detach()))
-                .collect()
-        })
-        .unwrap_or_default();
-    write_tensors(&t.join("state.safetensors"), &hidden)?;
-    let json = serde_json::to_vec_pretty(manifest).map_err(|e| TrainerError::io(t, e))?;
-    write_atomically(&t.join(MANIFEST), &json)?;
     let final_dir = root.join(name);
+    // Errors name the checkpoint's own path (`checkpoints/step-00000400/model.safetensors`), not
+    // the temporary directory it is written in.
+    let named = |e: TrainerError| match e {
+        TrainerError::Io { path, message } => TrainerError::Io {
+            path: path
+                .strip_prefix(t)
+                .map_or(path.clone(), |rel| final_dir.join(rel)),
+            message,
+        },
+        other => other,
+    };
+    (|| -> Result<(), TrainerError> {
+        write_tensors(&t.join(files::WEIGHTS), &sorted_variables(vs))?;
+        write_tensors(&t.join("optimizer.safetensors"), &optimizer.state())?;
+        let hidden: Vec<(String, Tensor)> = hidden
+            .map(|h| {
+                h.0.iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("hidden.{i}"), t.detach()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        write_tensors(&t.join("state.safetensors"), &hidden)?;
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| TrainerError::io(t, e))?;
+        write_atomically(&t.join(MANIFEST), &json)?;
+        Ok(())
+    })()
+    .map_err(named)?;
     let tmp_path = tmp.keep();
     if final_dir.exists() {
         let old = root.join(format!(".old-{name}-{}", std::process::id()));

@@ -1236,45 +1236,11 @@ pub fn evaluate_sums(
 /// # Errors
 /// [`TrainerError::Io`] naming the file.
 pub fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<(), TrainerError> {
-    let path = dir.join(files::WEIGHTS);
-    let saved: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&path)
-        .map_err(|e| TrainerError::io(&path, e))?
-        .into_iter()
-        .collect();
-    let mismatch = |message: String| TrainerError::Config {
-        source_name: path.display().to_string(),
-        message,
-    };
-    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    // Check every tensor before changing any, so a bad file leaves the model as it was.
-    for (name, var) in &variables {
-        let t = saved.get(name).ok_or_else(|| {
-            mismatch(format!(
-                "has no tensor `{name}` (the model's; the file holds {})",
-                sorted_names(&saved)
-            ))
-        })?;
-        if t.size() != var.size() {
-            return Err(mismatch(format!(
-                "tensor `{name}` has shape {:?} but the model's is {:?} (was the model config \
-                 changed?)",
-                t.size(),
-                var.size()
-            )));
-        }
-    }
-    tch::no_grad(|| -> Result<(), TrainerError> {
-        for (name, var) in &variables {
-            let mut var = var.shallow_clone();
-            var.f_copy_(&saved[name])?;
-        }
-        Ok(())
-    })
-}
-
-fn sorted_names(tensors: &std::collections::HashMap<String, Tensor>) -> String {
-    let mut names: Vec<&str> = tensors.keys().map(String::as_str).collect();
-    names.sort_unstable();
-    names.join(", ")
+    // Every tensor is checked (name and shape) before any is copied: a bad file leaves the
+    // model as it was, and the error names the tensor and both shapes.
+    crate::inference::load_weights(
+        vs,
+        &dir.join(files::WEIGHTS),
+        "the model of this run's config",
+    )
 }
