@@ -14,8 +14,25 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let trainer = match resume {
         Some(spec) => {
-            // `latest` looks under the configured run directory.
-            let root = RunConfig::load(config, overrides)?.trainer.run_dir;
+            if config.is_some() && spec != "latest" {
+                anyhow::bail!(
+                    "--config is not used with --resume {spec}: a run continues with its own \
+                     config.toml; change it with --set"
+                );
+            }
+            let root = run_root(config, overrides)?;
+            if dry_run {
+                // Every check a resume makes, and nothing written.
+                let resolved = match Trainer::check_resume(spec, &root, overrides) {
+                    Err(e @ TrainerError::Finished { .. }) => {
+                        println!("{e}");
+                        return Ok(());
+                    }
+                    other => other?,
+                };
+                print!("{resolved}");
+                return Ok(());
+            }
             match Trainer::resume(spec, &root, overrides) {
                 Ok(t) => t,
                 // Resuming a finished run is not a failure (a requeued job resumes until done):
@@ -79,4 +96,16 @@ pub fn run(
         std::process::exit(i32::from(signal.exit_code()));
     }
     Ok(())
+}
+
+/// Where `--resume latest` looks: `trainer.run_dir` of the config file (or the defaults and
+/// environment), or of a `--set trainer.run_dir=...`. The other overrides are the run's: they
+/// are applied to its own config.toml, not checked against the defaults here.
+fn run_root(config: Option<&Path>, overrides: &[String]) -> anyhow::Result<std::path::PathBuf> {
+    let run_dir: Vec<String> = overrides
+        .iter()
+        .filter(|o| o.trim_start().starts_with("trainer.run_dir"))
+        .cloned()
+        .collect();
+    Ok(RunConfig::load(config, &run_dir)?.trainer.run_dir)
 }

@@ -319,3 +319,102 @@ fn a_run_trained_with_relative_paths_is_evaluated_from_any_directory() {
         "{stdout}"
     );
 }
+
+#[test]
+fn resume_dry_run_writes_nothing_and_run_specific_overrides_apply_to_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path();
+    let focal = ["loss.type=focal", "loss.gamma=2.0"];
+    ok(&perplex()
+        .arg("train")
+        .args(args(runs, "f", 6, &focal))
+        .output()
+        .unwrap());
+    let run = runs.join("f");
+    let before = snapshot(&run);
+    // A key only the run's loss has (`gamma`), with --dry-run: checked, printed, nothing written.
+    let out = perplex()
+        .args(["train", "--dry-run", "--resume"])
+        .arg(&run)
+        .args(["--set", "loss.gamma=3.0", "--set", "trainer.max_steps=8"])
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    assert!(stdout.contains("gamma = 3.0"), "{stdout}");
+    assert!(snapshot(&run) == before, "a dry-run resume changed the run");
+    // --config is not the run's config: refused rather than ignored.
+    let other = runs.join("other.toml");
+    std::fs::write(&other, "[loss]\ntype = \"focal\"\ngamma = 5.0\n").unwrap();
+    let out = perplex()
+        .args(["train", "--resume"])
+        .arg(&run)
+        .arg("--config")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config is not used with --resume"));
+    assert!(snapshot(&run) == before);
+    // The same run name again: refused, the old run untouched.
+    let out = perplex()
+        .arg("train")
+        .args(args(runs, "f", 3, &[]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("already holds a run"),
+        "{stderr}"
+    );
+    assert!(
+        snapshot(&run) == before,
+        "a new run was written into an old one"
+    );
+}
+
+#[test]
+fn per_token_output_goes_through_links_and_never_over_run_files_or_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path();
+    ok(&perplex()
+        .arg("train")
+        .args(args(runs, "e", 4, &[]))
+        .output()
+        .unwrap());
+    let run = runs.join("e");
+    let eval = |out: &Path| {
+        perplex()
+            .args(["eval", "--checkpoint"])
+            .arg(&run)
+            .args(["--split", "valid", "--per-token"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    // Through a symbolic link: the target is written, the link stays a link.
+    let target = runs.join("target.tsv");
+    let link = runs.join("link.tsv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    ok(&eval(&link));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::read_to_string(&target)
+        .unwrap()
+        .starts_with("position\t"));
+    // A run's own files and devices are refused before any work, and stay as they were.
+    let before = snapshot(&run);
+    for bad in [run.join("model.safetensors"), PathBuf::from("/dev/null")] {
+        let out = eval(&bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: {stderr}", bad.display());
+        assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
+    }
+    assert!(snapshot(&run) == before);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+}

@@ -72,7 +72,7 @@ impl Loss for DistillationKl {
         }
         let teacher = input.teacher_logits.ok_or(LossError::MissingInput {
             loss: "distillation_kl",
-            what: "teacher logits (LossInput::with_teacher_logits)",
+            what: "teacher logits: set trainer.teacher to a trained run of the same vocabulary (in code: LossInput::with_teacher_logits)",
         })?;
         let raw = input.logits()?;
         if teacher.size() != raw.size() {

@@ -83,7 +83,7 @@ fn glob(pattern: &str, name: &str) -> bool {
 /// `weight_decay`. Without a group that takes a parameter this is `config.build(params)`.
 ///
 /// # Errors
-/// [`OptimError::InvalidOption`] for a non-positive or non-finite `lr_scale`, a group weight
+/// [`OptimError::InvalidOption`] for a negative or non-finite `lr_scale`, a group weight
 /// decay on an optimiser that has none, and the optimiser's own errors.
 pub fn build_grouped(
     config: &dyn OptimizerConfig,
@@ -94,14 +94,24 @@ pub fn build_grouped(
         crate::optimizer::check(
             "param_groups.lr_scale",
             g.lr_scale,
-            g.lr_scale.is_finite() && g.lr_scale > 0.0,
-            "a finite lr_scale > 0",
+            g.lr_scale.is_finite() && g.lr_scale >= 0.0,
+            "a finite lr_scale >= 0 (0 freezes the group)",
         )?;
     }
     let assignment: Vec<Option<usize>> = params
         .iter()
         .map(|(n, t)| groups.iter().position(|g| g.takes(n, t)))
         .collect();
+    for (i, g) in groups.iter().enumerate() {
+        if !assignment.contains(&Some(i)) {
+            tracing::warn!(
+                group = i,
+                params = ?g.params,
+                below_dims = g.below_dims,
+                "parameter group {i} takes no parameter (a typo in its names?)"
+            );
+        }
+    }
     if assignment.iter().all(Option::is_none) {
         return config.build(params);
     }
@@ -364,7 +374,7 @@ mod tests {
     #[test]
     fn bad_groups_are_named() {
         let bad = ParamGroup {
-            lr_scale: 0.0,
+            lr_scale: -1.0,
             ..ParamGroup::default()
         };
         let e = build_grouped(&AdamConfig::default(), params(), &[bad]).unwrap_err();

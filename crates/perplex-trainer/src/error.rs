@@ -33,7 +33,7 @@ pub enum TrainerError {
     #[error(transparent)]
     Optim(#[from] perplex_optim::OptimError),
     /// The loss became NaN or infinite.
-    #[error("the training loss became non-finite ({value}) at step {step} (epoch {epoch}); the last good checkpoint is kept")]
+    #[error("the training loss became non-finite ({value}) at step {step} (epoch {epoch}); no update was made from it, and the run's last checkpoint (if one was written) is kept")]
     NonFinite {
         /// Global step (1-based).
         step: u64,
@@ -43,7 +43,7 @@ pub enum TrainerError {
         value: f64,
     },
     /// A gradient held an `inf` or NaN (with `on_non_finite = "stop"`).
-    #[error("the gradient of `{parameter}` became non-finite at step {step} (epoch {epoch}; global gradient norm {norm}); the step was not taken and the last good checkpoint is kept")]
+    #[error("the gradient of `{parameter}` became non-finite at step {step} (epoch {epoch}; global gradient norm {norm}); the step was not taken, and the run's last checkpoint (if one was written) is kept")]
     NonFiniteGradient {
         /// Global step (1-based).
         step: u64,

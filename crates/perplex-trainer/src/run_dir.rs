@@ -54,6 +54,24 @@ pub fn process_age_seconds() -> Option<f64> {
 /// # Errors
 /// [`TrainerError::Io`] naming the path.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainerError> {
+    // Through a symbolic link: replace the file it points to, not the link.
+    let resolved;
+    let path = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let link = std::fs::read_link(path).map_err(|e| TrainerError::io(path, e))?;
+            resolved = path.parent().unwrap_or(Path::new(".")).join(link);
+            resolved.as_path()
+        }
+        _ => path,
+    };
+    if let Ok(m) = std::fs::metadata(path) {
+        if !m.is_file() {
+            return Err(TrainerError::io(
+                path,
+                "it is not a regular file (a directory, device or pipe): give a file name",
+            ));
+        }
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| TrainerError::io(path, e))?;
@@ -62,6 +80,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainerError> {
     tmp.as_file()
         .sync_all()
         .map_err(|e| TrainerError::io(path, e))?;
+    // A temporary file is private (0600); the result is an ordinary file (0644).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
     tmp.persist(path)
         .map_err(|e| TrainerError::io(path, e.error))?;
     Ok(())
@@ -92,6 +118,35 @@ pub fn check_writable_file(path: &Path) -> Result<(), TrainerError> {
             path,
             "it is a directory: give a file name",
         ));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            return Err(TrainerError::io(
+                path,
+                "it is not a regular file (a device or a pipe): give a file name",
+            ));
+        }
+    }
+    // A file of a run directory (weights, config, vocabulary, metrics) is never an output.
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if let (Some(dir), Some(name)) = (target.parent(), target.file_name()) {
+        let run_file = [
+            files::CONFIG,
+            files::VOCAB,
+            files::WEIGHTS,
+            files::METRICS,
+            files::METRICS_CSV,
+            files::SUMMARY,
+        ]
+        .iter()
+        .any(|f| name == *f)
+            || name.to_string_lossy().ends_with(".safetensors");
+        if target.exists() && run_file && dir.join(files::CONFIG).exists() {
+            return Err(TrainerError::io(
+                path,
+                "it is a file of a run directory and would be overwritten: give another path",
+            ));
+        }
     }
     writable_dir(path.parent().unwrap_or(Path::new(""))).map_err(|message| TrainerError::Io {
         path: path.to_path_buf(),
@@ -145,6 +200,14 @@ pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<(), TrainerError> 
         TrainerError::Io { message, .. } => TrainerError::io(path, message),
         other => other,
     })?;
+    // A temporary file is private (0600); the result is an ordinary file (0644).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
     tmp.persist(path)
         .map_err(|e| TrainerError::io(path, e.error))?;
     Ok(())

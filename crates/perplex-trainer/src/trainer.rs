@@ -203,6 +203,18 @@ impl Trainer {
             config.absolutize_paths(&cwd);
         }
         let dir = run_dir::run_path(&config.trainer.run_dir, config.trainer.run_name.as_deref());
+        if dir.join(files::CONFIG).exists() {
+            // Never train a new run into an old one's directory (mixed checkpoints and metrics).
+            return Err(TrainerError::Config {
+                source_name: "trainer.run_name".into(),
+                message: format!(
+                    "{} already holds a run: continue it with `perplex train --resume {}`, or \
+                     choose another trainer.run_name",
+                    dir.display(),
+                    dir.display()
+                ),
+            });
+        }
         let trainer = Self::build(config, dir, None)?;
         trainer.write_run_files(true)?;
         Ok(trainer)
@@ -226,6 +238,29 @@ impl Trainer {
     /// model does not have; [`TrainerError::Finished`] for a run that has finished (nothing is
     /// changed); and the errors of [`Trainer::from_config`].
     pub fn resume(spec: &str, run_root: &Path, overrides: &[String]) -> Result<Self, TrainerError> {
+        Self::resume_inner(spec, run_root, overrides, true)
+    }
+
+    /// Every check [`Trainer::resume`] makes (the checkpoint, model and optimiser state load;
+    /// the config may change what it changes; the run is not finished), writing nothing.
+    /// Returns the resolved config the resume would write.
+    ///
+    /// # Errors
+    /// Those of [`Trainer::resume`].
+    pub fn check_resume(
+        spec: &str,
+        run_root: &Path,
+        overrides: &[String],
+    ) -> Result<String, TrainerError> {
+        Ok(Self::resume_inner(spec, run_root, overrides, false)?.config_toml)
+    }
+
+    fn resume_inner(
+        spec: &str,
+        run_root: &Path,
+        overrides: &[String],
+        write: bool,
+    ) -> Result<Self, TrainerError> {
         let ckpt = checkpoint::resolve(spec, run_root)?;
         let run = checkpoint::run_of(&ckpt);
         let config_path = run.join(files::CONFIG);
@@ -272,6 +307,9 @@ impl Trainer {
                 reason,
                 hint,
             });
+        }
+        if !write {
+            return Ok(trainer);
         }
         // Everything loaded: only now does the run directory change.
         trainer.write_run_files(false)?;
@@ -712,6 +750,18 @@ impl Trainer {
         }
         if let Some(reason) = &stop {
             tracing::info!(step = self.pos.step, "{reason}");
+        }
+        let taken: u64 = epochs
+            .iter()
+            .map(|e: &EpochStats| e.step)
+            .max()
+            .unwrap_or(0);
+        if self.pos.skipped_steps > 0 && self.pos.skipped_steps >= taken {
+            tracing::warn!(
+                skipped = self.pos.skipped_steps,
+                "every step was skipped for a non-finite loss or gradient: the model never \
+                 trained (is the learning rate too high, or the data broken?)"
+            );
         }
         if let Some(dir) = &self.run_dir {
             run_dir::save_weights(&self.vs, &dir.join(files::WEIGHTS))?;
