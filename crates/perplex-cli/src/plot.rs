@@ -59,7 +59,8 @@ pub fn run(args: PlotArgs) -> anyhow::Result<()> {
         );
     }
     let out = args.out.unwrap_or_else(|| args.run_dir.join("plots"));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // A directory that can take files (created if missing), checked with the reason in words.
+    perplex_trainer::run_dir::check_writable_dir(&out).context("--out")?;
     let name = run_name(&args.run_dir);
     // The unit of the loss is the run's tokenizer's; a config that cannot be read (an older or
     // newer format) only loses that detail.

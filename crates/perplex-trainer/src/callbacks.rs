@@ -346,6 +346,12 @@ impl Callback for MetricsLogger {
                 .map(|(k, v)| format!("{k}={:.4}", v.as_f64().unwrap_or(f64::NAN)))
                 .collect::<Vec<_>>()
                 .join(" ");
+            // The loss's metrics (each weighted_sum term) follow the message, when there are any.
+            let message = if terms.is_empty() {
+                "train".to_string()
+            } else {
+                format!("train {terms}")
+            };
             tracing::info!(
                 epoch = e.epoch,
                 step = e.step,
@@ -354,8 +360,7 @@ impl Callback for MetricsLogger {
                 step_ms = format!("{step_ms:.1}"),
                 lr = e.lr,
                 grad_norm = format!("{:.4}", e.grad_norm),
-                metrics = %terms,
-                "train"
+                "{message}"
             );
             self.write(serde_json::json!({
                 "kind": "train", "epoch": e.epoch, "step": e.step, "loss": loss, "lr": e.lr,
