@@ -8,7 +8,7 @@
 use anyhow::Result;
 use perplex_data::{DataConfig, LmData, TokenizerKind};
 use perplex_losses::{Loss, LossInput};
-use perplex_model::{GruLmConfig, LanguageModel, ModelConfig};
+use perplex_model::{BuildContext, GruLmConfig, LanguageModel, ModelConfig};
 use perplex_optim::{clip_grad_norm, AdamConfig, OptimizerConfig};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -39,7 +39,7 @@ fn main() -> Result<()> {
         hidden_size: 256,
         ..Default::default()
     }
-    .build(&vs.root(), data.vocab.len() as i64)?;
+    .build(&vs.root(), &BuildContext::new(data.vocab.len() as i64))?;
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let mut opt = AdamConfig {

@@ -3,7 +3,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use crate::model::check_input;
-use crate::{HiddenState, LanguageModel, ModelConfig, ModelError, ModelOutput, OutputHead};
+use crate::{
+    BuildContext, HiddenState, LanguageModel, ModelConfig, ModelError, ModelOutput, OutputHead,
+};
 
 /// Configuration of [`GruLm`] (`type = "gru"`). Defaults are the seed model's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,9 +38,9 @@ impl ModelConfig for GruLmConfig {
     fn build(
         &self,
         path: &nn::Path,
-        vocab_size: i64,
+        context: &BuildContext,
     ) -> Result<Box<dyn LanguageModel>, ModelError> {
-        Ok(Box::new(GruLm::new(path, vocab_size, self)?))
+        Ok(Box::new(GruLm::new(path, context.vocab_size, self)?))
     }
 }
 
@@ -206,7 +208,9 @@ mod tests {
     #[test]
     fn flops_per_token_of_the_seed_word_model_match_the_benchmark_formula() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let m = GruLmConfig::default().build(&vs.root(), 10001).unwrap();
+        let m = GruLmConfig::default()
+            .build(&vs.root(), &BuildContext::new(10001))
+            .unwrap();
         // xtask's per-step figure: 15.9 + 68.8 = 84.7 GFLOP for 64 × 35 = 2240 tokens.
         let per_step = m.flops_per_token().unwrap() * 2240.0;
         assert!((per_step / 1e9 - 84.7).abs() < 0.05, "{per_step}");
@@ -221,7 +225,7 @@ mod tests {
             num_layers: 2,
             dropout: 0.0,
         };
-        let m = cfg.build(&vs.root(), 50).unwrap();
+        let m = cfg.build(&vs.root(), &BuildContext::new(50)).unwrap();
         let x = Tensor::zeros([3, 5], (Kind::Int64, Device::Cpu));
         let out = m
             .forward(&x, &m.initial_state(3, Device::Cpu), false)
@@ -234,7 +238,9 @@ mod tests {
     #[test]
     fn float_input_is_a_clear_error() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let m = GruLmConfig::default().build(&vs.root(), 10).unwrap();
+        let m = GruLmConfig::default()
+            .build(&vs.root(), &BuildContext::new(10))
+            .unwrap();
         let x = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
         let err = m
             .forward(&x, &m.initial_state(2, Device::Cpu), false)
@@ -250,7 +256,7 @@ mod tests {
             hidden_size: 8,
             ..Default::default()
         };
-        let m = cfg.build(&vs.root(), 10).unwrap();
+        let m = cfg.build(&vs.root(), &BuildContext::new(10)).unwrap();
         let x = Tensor::from_slice(&[1i64, 10]).view([1, 2]);
         let err = m
             .forward(&x, &m.initial_state(1, Device::Cpu), false)
@@ -271,7 +277,7 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg
-            .build(&vs.root(), 10)
+            .build(&vs.root(), &BuildContext::new(10))
             .unwrap_err()
             .to_string()
             .contains("hidden_size"));

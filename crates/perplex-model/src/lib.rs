@@ -9,11 +9,11 @@
 //! (`type = "gru"`), so a plugin crate can add one without touching the trainer.
 //!
 //! ```no_run
-//! use perplex_model::{GruLmConfig, ModelConfig};
+//! use perplex_model::{BuildContext, GruLmConfig, ModelConfig};
 //! use tch::{nn, Device, Kind, Tensor};
 //!
 //! let vs = nn::VarStore::new(Device::Cpu);
-//! let model = GruLmConfig::default().build(&vs.root(), 10_001)?;
+//! let model = GruLmConfig::default().build(&vs.root(), &BuildContext::new(10_001))?;
 //! let input = Tensor::zeros([64, 35], (Kind::Int64, Device::Cpu));
 //! let state = model.initial_state(64, Device::Cpu);
 //! let out = model.forward(&input, &state, true)?;
@@ -29,4 +29,6 @@ pub mod model;
 
 pub use error::ModelError;
 pub use gru::{GruLm, GruLmConfig};
-pub use model::{HiddenState, LanguageModel, ModelConfig, ModelOutput, OutputHead};
+pub use model::{
+    BuildContext, Decoder, HiddenState, LanguageModel, ModelConfig, ModelOutput, OutputHead,
+};

@@ -114,6 +114,87 @@ pub trait LanguageModel: Debug + Send {
     fn flops_per_token(&self) -> Option<f64> {
         None
     }
+
+    /// The longest window the model can read (a Transformer's `block_size`); `None` when any
+    /// length will do (a recurrent model).
+    fn max_seq_len(&self) -> Option<i64> {
+        None
+    }
+
+    /// A decoder for generation over `batch_size` streams: it is fed the prompt, then each
+    /// sampled token, and returns the next token's logits. The default carries the recurrent
+    /// state from one call of [`LanguageModel::forward`] to the next (right for a recurrent
+    /// model); an attention model returns one with a key/value cache or a cropped window.
+    fn decoder<'a>(&'a self, batch_size: i64, device: Device) -> Box<dyn Decoder + 'a> {
+        Box::new(RecurrentDecoder {
+            state: self.initial_state(batch_size, device),
+            model: self,
+        })
+    }
+}
+
+/// Incremental decoding for generation (see [`LanguageModel::decoder`]).
+pub trait Decoder {
+    /// Reads `input` (int64 ids `[batch, n]`, `n >= 1`: the prompt first, then one token at a
+    /// time) after everything fed before, and returns the logits of the token that follows,
+    /// float32 `[batch, vocab]`. Run it under `tch::no_grad`.
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`] for ids that are not int64 `[batch, n]`, and libtorch errors.
+    fn feed(&mut self, input: &Tensor) -> Result<Tensor, ModelError>;
+}
+
+/// The default decoder: the model's recurrent state carried from one window to the next.
+struct RecurrentDecoder<'a, M: LanguageModel + ?Sized> {
+    model: &'a M,
+    state: HiddenState,
+}
+
+impl<M: LanguageModel + ?Sized> Decoder for RecurrentDecoder<'_, M> {
+    fn feed(&mut self, input: &Tensor) -> Result<Tensor, ModelError> {
+        let out = self.model.forward(input, &self.state, false)?;
+        let last = out.hidden.f_select(1, -1)?;
+        let logits = last
+            .f_linear(&out.head.weight, out.head.bias.as_ref())?
+            .f_to_kind(tch::Kind::Float)?;
+        self.state = out.state;
+        Ok(logits)
+    }
+}
+
+/// What a model is built for: known only once the data is loaded and the device chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BuildContext {
+    /// Size of the vocabulary the head predicts over.
+    pub vocab_size: i64,
+    /// The longest window the model will be trained on (`data.seq_len`); a model with a bounded
+    /// context (a Transformer's `block_size`) refuses a longer one. 0 when unknown.
+    pub seq_len: i64,
+    /// Where the variables live.
+    pub device: Device,
+}
+
+impl BuildContext {
+    /// A context for `vocab_size` tokens on the CPU, with no window length.
+    pub fn new(vocab_size: i64) -> Self {
+        Self {
+            vocab_size,
+            seq_len: 0,
+            device: Device::Cpu,
+        }
+    }
+
+    /// The same context with training windows of `seq_len` tokens.
+    pub fn with_seq_len(mut self, seq_len: i64) -> Self {
+        self.seq_len = seq_len;
+        self
+    }
+
+    /// The same context on `device`.
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
 }
 
 /// A model's configuration: the `[model]` section, picked by `type`.
@@ -121,12 +202,17 @@ pub trait LanguageModel: Debug + Send {
 /// Register a new model in any crate with `#[typetag::serde(name = "my_model")] impl ModelConfig`.
 #[typetag::serde(tag = "type")]
 pub trait ModelConfig: Debug + Send + Sync {
-    /// Creates the model's variables under `path` and returns the model.
+    /// Creates the model's variables under `path` (on `path`'s device) for the vocabulary and
+    /// window length of `context`, and returns the model.
     ///
     /// # Errors
-    /// [`ModelError::InvalidConfig`] for an out-of-range hyperparameter.
-    fn build(&self, path: &nn::Path, vocab_size: i64)
-        -> Result<Box<dyn LanguageModel>, ModelError>;
+    /// [`ModelError::InvalidConfig`] for an out-of-range hyperparameter, or a `seq_len` the model
+    /// cannot read.
+    fn build(
+        &self,
+        path: &nn::Path,
+        context: &BuildContext,
+    ) -> Result<Box<dyn LanguageModel>, ModelError>;
 }
 
 pub(crate) fn check_input(input: &Tensor) -> Result<(), ModelError> {

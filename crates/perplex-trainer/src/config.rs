@@ -374,7 +374,11 @@ impl RunConfig {
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
         // The vocabulary is only known once the corpus is read; any size exercises the checks.
         const STAND_IN_VOCAB: i64 = 8;
-        self.model.build(&vs.root(), STAND_IN_VOCAB)?;
+        self.model.build(
+            &vs.root(),
+            &perplex_model::BuildContext::new(STAND_IN_VOCAB)
+                .with_seq_len(self.data.seq_len as i64),
+        )?;
         self.build_optimizer(crate::named_trainable(&vs))?;
         if let Some(s) = &self.schedule {
             s.build(self.optim.lr())?;

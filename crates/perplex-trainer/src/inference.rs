@@ -10,7 +10,7 @@ use tch::{nn, Device, Kind, Tensor};
 use perplex_data::{
     batch::ids_to_tensor, BpttBatches, LmData, TokenizerKind, Vocabulary, WordTokenizer,
 };
-use perplex_model::{HiddenState, LanguageModel};
+use perplex_model::{BuildContext, LanguageModel};
 
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::{evaluate, EvalStats, RunConfig, TrainerError};
@@ -93,7 +93,10 @@ impl LoadedModel {
         let config = RunConfig::load(Some(&config_path), &[])?;
         let vocab = Vocabulary::load(&vocab_path)?;
         let mut vs = nn::VarStore::new(device);
-        let model = config.model.build(&vs.root(), vocab.len() as i64)?;
+        let context = BuildContext::new(vocab.len() as i64)
+            .with_seq_len(config.data.seq_len as i64)
+            .with_device(device);
+        let model = config.model.build(&vs.root(), &context)?;
         let model_of = format!(
             "the model of {} with the {} tokens of {}",
             config_path.display(),
@@ -360,8 +363,8 @@ impl LoadedModel {
         let input = ids_to_tensor(feed)
             .f_to_device(self.device)?
             .f_view([1, -1])?;
-        let mut state: HiddenState = self.model.initial_state(1, self.device);
-        let mut logits = self.last_logits(&input, &mut state)?;
+        let mut decoder = self.model.decoder(1, self.device);
+        let mut logits = decoder.feed(&input)?.f_select(0, 0)?;
         let mut out = Vec::with_capacity(options.max_tokens);
         for i in 0..options.max_tokens {
             let next = sampler.next(&logits)?;
@@ -372,22 +375,9 @@ impl LoadedModel {
             let input = Tensor::from_slice(&[next])
                 .f_to_device(self.device)?
                 .f_view([1, 1])?;
-            logits = self.last_logits(&input, &mut state)?;
+            logits = decoder.feed(&input)?.f_select(0, 0)?;
         }
         Ok(out)
-    }
-
-    /// Runs `input` `[1, n]` from `state`, updates `state` and returns the last position's logits
-    /// as float32 `[vocab]`.
-    fn last_logits(&self, input: &Tensor, state: &mut HiddenState) -> Result<Tensor, TrainerError> {
-        let out = self.model.forward(input, state, false)?;
-        let logits = out
-            .logits()
-            .f_select(0, 0)?
-            .f_select(0, -1)?
-            .f_to_kind(Kind::Float)?;
-        *state = out.state;
-        Ok(logits)
     }
 }
 
@@ -492,7 +482,10 @@ mod tests {
         vocab.save(&dir.path().join(VOCAB)).unwrap();
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
-        let _model = config.model.build(&vs.root(), vocab.len() as i64).unwrap();
+        let _model = config
+            .model
+            .build(&vs.root(), &BuildContext::new(vocab.len() as i64))
+            .unwrap();
         vs.save(dir.path().join(WEIGHTS)).unwrap();
         let loaded = LoadedModel::load(dir.path(), Device::Cpu).unwrap();
         (dir, loaded)
@@ -584,7 +577,9 @@ mod tests {
             num_layers: 1,
             dropout: 0.0,
         };
-        let _model = config.build(&other.root(), m.vocab.len() as i64).unwrap();
+        let _model = config
+            .build(&other.root(), &BuildContext::new(m.vocab.len() as i64))
+            .unwrap();
         other.save(dir.path().join(WEIGHTS)).unwrap();
         let e = LoadedModel::load(dir.path(), Device::Cpu)
             .unwrap_err()

@@ -7,7 +7,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use perplex_data::{BpttBatch, BpttBatches, DataSource, LmData};
 use perplex_losses::{metrics::nll_sum, Loss, LossInput};
-use perplex_model::{HiddenState, LanguageModel};
+use perplex_model::{BuildContext, HiddenState, LanguageModel};
 use perplex_optim::{
     clip_grad_norm, clip_grad_value, first_non_finite_grad, grad_norm, LrSchedule, NamedParams,
     Optimizer,
@@ -414,7 +414,10 @@ impl Trainer {
             "data loaded"
         );
         let vs = nn::VarStore::new(device);
-        let model = config.model.build(&vs.root(), data.vocab.len() as i64)?;
+        let context = BuildContext::new(data.vocab.len() as i64)
+            .with_seq_len(config.data.seq_len as i64)
+            .with_device(device);
+        let model = config.model.build(&vs.root(), &context)?;
         if tc.precision == Precision::Bf16 {
             if device == Device::Cpu && !crate::precision::cpu_has_native_bf16() {
                 tracing::warn!(
