@@ -1,18 +1,11 @@
 //! BPTT batching in the style of PyTorch's `word_language_model`.
 use tch::{Device, Kind, Tensor};
 
-use crate::DataError;
+use crate::{Batch, DataError};
 
-/// One window of a batched token stream.
-#[derive(Debug)]
-pub struct BpttBatch {
-    /// Input ids, int64 `[batch_size, len]` with `len <= seq_len`.
-    pub inputs: Tensor,
-    /// Target ids (the inputs shifted by one token), int64 `[batch_size, len]`.
-    pub targets: Tensor,
-    /// Position of this window in the epoch, from 0.
-    pub index: usize,
-}
+/// One window of a batched token stream (the name of [`Batch`] from before loaders were a
+/// trait).
+pub type BpttBatch = Batch;
 
 /// A token stream cut into `batch_size` contiguous columns and read in BPTT windows.
 ///
@@ -98,6 +91,34 @@ impl BpttBatches {
         self.data.size()[0]
     }
 
+    /// The window length (the last window of an evaluation pass may be shorter).
+    pub fn seq_len(&self) -> i64 {
+        self.seq_len
+    }
+
+    /// The same windows restricted to rows `rows` (streams) of every batch: the shard of one
+    /// process of a data-parallel run.
+    ///
+    /// # Errors
+    /// [`DataError::InvalidConfig`] when `rows` is empty or out of range.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Self, DataError> {
+        let n = self.data.size()[0] as usize;
+        if rows.is_empty() || rows.end > n {
+            return Err(DataError::InvalidConfig {
+                key: "batch_size",
+                value: n.to_string(),
+                expected: format!("rows {rows:?} within the batch"),
+            });
+        }
+        Ok(Self {
+            data: self
+                .data
+                .f_narrow(0, rows.start as i64, rows.len() as i64)?,
+            seq_len: self.seq_len,
+            windows: self.windows,
+        })
+    }
+
     /// Target tokens in one pass: the tokens a model is scored on.
     pub fn tokens_per_pass(&self) -> usize {
         (0..self.windows)
@@ -113,13 +134,13 @@ impl BpttBatches {
     }
 
     /// Window `index` (`0 <= index < len()`); `None` past the end.
-    pub fn get(&self, index: usize) -> Option<BpttBatch> {
+    pub fn get(&self, index: usize) -> Option<Batch> {
         if index >= self.windows {
             return None;
         }
         let start = index as i64 * self.seq_len;
         let len = self.window_len(index);
-        Some(BpttBatch {
+        Some(Batch {
             inputs: self.data.narrow(1, start, len),
             targets: self.data.narrow(1, start + 1, len),
             index,
@@ -127,12 +148,12 @@ impl BpttBatches {
     }
 
     /// The windows in order, starting at window `from` (for resuming mid-epoch).
-    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = BpttBatch> + '_ {
+    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = Batch> + '_ {
         (from..self.windows).filter_map(move |i| self.get(i))
     }
 
     /// The windows in order.
-    pub fn iter(&self) -> impl Iterator<Item = BpttBatch> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Batch> + '_ {
         self.iter_from(0)
     }
 }

@@ -7,7 +7,7 @@ use tch::{Device, Tensor};
 use crate::batch::ids_to_tensor;
 use crate::stream::TokenStream;
 use crate::tokenizer::{CharTokenizer, Tokenizer, WordTokenizer};
-use crate::{fetch, BpttBatches, DataError, Vocabulary};
+use crate::{fetch, Batches, BpttBatches, DataError, LoaderKind, RandomWindows, Vocabulary};
 
 /// Which tokenizer turns text into tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -71,6 +71,11 @@ pub struct DataConfig {
     pub seq_len: usize,
     /// Batch size for validation and test; default: `batch_size`.
     pub eval_batch_size: Option<usize>,
+    /// How training batches are read: `bptt` (contiguous streams, a recurrent model's state
+    /// carried across windows; [`crate::BpttBatches`]) or `random_windows` (windows at seeded
+    /// random offsets, nothing carried; [`crate::RandomWindows`]). Validation and test are
+    /// always read in order, every token once. Default `bptt`.
+    pub loader: LoaderKind,
 }
 
 impl Default for DataConfig {
@@ -88,6 +93,7 @@ impl Default for DataConfig {
             batch_size: 64,
             seq_len: 35,
             eval_batch_size: None,
+            loader: LoaderKind::Bptt,
         }
     }
 }
@@ -233,6 +239,7 @@ impl LmData {
         };
         // Fail now, naming the split, rather than mid-run.
         data.train_batches(Device::Cpu)?;
+        data.train_loader(Device::Cpu, 0)?;
         data.valid_batches(Device::Cpu)?;
         data.test_batches(Device::Cpu).transpose()?;
         Ok(data)
@@ -242,6 +249,29 @@ impl LmData {
     pub fn train_batches(&self, device: Device) -> Result<BpttBatches, DataError> {
         let c = &self.config;
         BpttBatches::new(&self.train, c.batch_size, c.seq_len, true, "train", device)
+    }
+
+    /// The training loader that `loader` names, on `device`; `seed` draws the offsets of
+    /// random windows.
+    ///
+    /// # Errors
+    /// [`DataError::SplitTooSmall`] and libtorch errors.
+    pub fn train_loader(&self, device: Device, seed: u64) -> Result<Box<dyn Batches>, DataError> {
+        let c = &self.config;
+        Ok(match c.loader {
+            LoaderKind::Bptt => Box::new(self.train_batches(device)?),
+            LoaderKind::RandomWindows => {
+                let ids = Vec::<i64>::try_from(&self.train)?;
+                Box::new(RandomWindows::new(
+                    std::sync::Arc::new(ids),
+                    c.batch_size,
+                    c.seq_len,
+                    seed,
+                    "train",
+                    device,
+                )?)
+            }
+        })
     }
 
     /// Validation windows (the last may be shorter), on `device`.

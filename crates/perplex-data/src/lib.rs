@@ -1,24 +1,29 @@
-//! Language-model data for perplex: text corpora, tokenizers, vocabularies and BPTT batching.
+//! Language-model data for perplex: text corpora, tokenizers, vocabularies and data loaders.
 //!
-//! The pipeline is `text file -> Tokenizer -> Vocabulary -> token ids -> BpttBatches`, following
-//! PyTorch's `word_language_model` example: the token stream is cut into `batch_size` contiguous
-//! columns and read in windows of `seq_len` tokens, the targets shifted by one.
+//! The pipeline is `text file -> Tokenizer -> Vocabulary -> token ids -> loader`. A loader
+//! implements [`Batches`]: it yields int64 `[batch, seq]` inputs and targets by [`Cursor`]
+//! (epoch, index), which a checkpoint records, and cuts itself into the shard of one process
+//! ([`Batches::shard`]). Two loaders: [`BpttBatches`] (PyTorch's `word_language_model`: the
+//! stream cut into `batch_size` contiguous columns read in windows of `seq_len` tokens, the
+//! recurrent state carried) and [`RandomWindows`] (nanoGPT's `get_batch`: windows at seeded
+//! random offsets, over compact [`TokenIds`]).
 //!
 //! ```no_run
-//! use perplex_data::{DataConfig, LmData};
+//! use perplex_data::{Batches, Cursor, DataConfig, LmData, LoaderKind};
 //!
-//! let config = DataConfig::default(); // Tiny Shakespeare, word level, 90/10 split
-//! let data = LmData::load(&config)?;
-//! println!("vocabulary: {} tokens", data.vocab.len());
-//! for batch in data.train_batches(tch::Device::Cpu)?.iter() {
-//!     // batch.inputs and batch.targets are int64 tensors of shape [batch_size, seq_len]
-//!     assert_eq!(batch.inputs.size(), batch.targets.size());
-//! }
+//! let config = DataConfig { loader: LoaderKind::RandomWindows, ..DataConfig::default() };
+//! let data = LmData::load(&config)?; // Tiny Shakespeare, word level, 90/10 split
+//! let train = data.train_loader(tch::Device::Cpu, 1337)?;
+//! let mine = train.shard(0, 2)?; // rank 0 of 2 reads rows 0..32 of every batch
+//! let batch = mine.get(Cursor { epoch: 1, index: 0 })?.unwrap();
+//! assert_eq!(batch.inputs.size(), [32, 35]); // int64 [batch, seq]; targets one token ahead
+//! assert_eq!(train.len(), mine.len()); // same batches per epoch, half the rows each
 //! # Ok::<(), perplex_data::DataError>(())
 //! ```
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod batches;
 pub mod corpus;
 pub mod error;
 pub mod fetch;
@@ -28,6 +33,7 @@ pub mod tokenizer;
 pub mod vocab;
 
 pub use batch::{BpttBatch, BpttBatches};
+pub use batches::{collect_epoch, Batch, Batches, Cursor, LoaderKind, RandomWindows, TokenIds};
 pub use corpus::{DataConfig, LmData, TokenizerKind};
 pub use error::DataError;
 pub use fetch::{fetch_corpus, KnownCorpus, TINY_SHAKESPEARE};

@@ -1,7 +1,7 @@
 //! The `DataSource` trait: what a trainer needs from a corpus.
 use tch::Device;
 
-use crate::{BpttBatches, DataError, LmData, TokenizerKind, Vocabulary};
+use crate::{Batches, DataError, LmData, TokenizerKind, Vocabulary};
 
 /// A source of training, validation and (optionally) test batches.
 ///
@@ -13,20 +13,21 @@ pub trait DataSource: std::fmt::Debug + Send {
     /// How text is tokenized (for reports: bits per token or per character).
     fn tokenizer(&self) -> TokenizerKind;
 
-    /// Training windows, int64 `[batch, seq_len]` each, on `device`.
+    /// The training loader: batches of int64 `[batch, seq_len]` on `device`; `seed` is the run's
+    /// (a loader that draws, such as random windows, draws from it).
     ///
     /// # Errors
     /// [`DataError::SplitTooSmall`] and libtorch errors.
-    fn train_batches(&self, device: Device) -> Result<BpttBatches, DataError>;
+    fn train_batches(&self, device: Device, seed: u64) -> Result<Box<dyn Batches>, DataError>;
 
     /// Validation windows on `device`.
     ///
     /// # Errors
     /// As [`DataSource::train_batches`].
-    fn valid_batches(&self, device: Device) -> Result<BpttBatches, DataError>;
+    fn valid_batches(&self, device: Device) -> Result<Box<dyn Batches>, DataError>;
 
     /// Test windows on `device`, when there is a test split.
-    fn test_batches(&self, device: Device) -> Option<Result<BpttBatches, DataError>>;
+    fn test_batches(&self, device: Device) -> Option<Result<Box<dyn Batches>, DataError>>;
 }
 
 impl DataSource for LmData {
@@ -38,15 +39,15 @@ impl DataSource for LmData {
         self.tokenizer
     }
 
-    fn train_batches(&self, device: Device) -> Result<BpttBatches, DataError> {
-        LmData::train_batches(self, device)
+    fn train_batches(&self, device: Device, seed: u64) -> Result<Box<dyn Batches>, DataError> {
+        LmData::train_loader(self, device, seed)
     }
 
-    fn valid_batches(&self, device: Device) -> Result<BpttBatches, DataError> {
-        LmData::valid_batches(self, device)
+    fn valid_batches(&self, device: Device) -> Result<Box<dyn Batches>, DataError> {
+        Ok(Box::new(LmData::valid_batches(self, device)?))
     }
 
-    fn test_batches(&self, device: Device) -> Option<Result<BpttBatches, DataError>> {
-        LmData::test_batches(self, device)
+    fn test_batches(&self, device: Device) -> Option<Result<Box<dyn Batches>, DataError>> {
+        LmData::test_batches(self, device).map(|r| r.map(|b| Box::new(b) as Box<dyn Batches>))
     }
 }

@@ -20,6 +20,25 @@
 //! receives `config.toml` (resolved), `vocab.json`, `model.safetensors`, `metrics.jsonl`,
 //! `metrics.csv`, `summary.json` and `checkpoints/` (see [`checkpoint`]); [`Trainer::resume`]
 //! continues a run exactly.
+//!
+//! The engine's seams, each one trait: the data loader ([`perplex_data::Batches`], given by a
+//! [`perplex_data::DataSource`]), the model ([`perplex_model::ModelConfig`]), the loss
+//! ([`perplex_losses::Loss`]), the optimiser ([`perplex_optim::OptimizerConfig`]), callbacks
+//! ([`Callback`]) and the process strategy ([`strategy::Strategy`]: how gradients, losses and
+//! token counts are reduced, which shard each process reads, which process writes). A strategy
+//! plugs in without touching the loop:
+//!
+//! ```no_run
+//! use perplex_trainer::strategy::{SingleProcess, Strategy};
+//! use perplex_trainer::{RunConfig, Trainer};
+//!
+//! let config = RunConfig::load(None, &["trainer.max_steps=10".to_string()])?;
+//! let strategy: Box<dyn Strategy> = Box::new(SingleProcess); // or a data-parallel one
+//! let mut trainer = Trainer::from_config(config)?.with_strategy(strategy);
+//! let summary = trainer.fit()?; // one flat loop of steps: step, callbacks, eval, checkpoint
+//! println!("{} steps, best validation loss {:?}", summary.steps, summary.best_valid_loss);
+//! # Ok::<(), perplex_trainer::TrainerError>(())
+//! ```
 #![warn(missing_docs)]
 
 pub mod callbacks;

@@ -6,6 +6,7 @@
 //! rate lies where the smoothed loss falls fastest. The run's weights are thrown away.
 use std::time::Instant;
 
+use perplex_data::Cursor;
 use tch::Kind;
 
 use crate::{OnNonFinite, RunConfig, Trainer, TrainerError};
@@ -172,12 +173,17 @@ pub fn lr_find(
         .initial_state(batches.batch_size(), trainer.device());
     for i in 0..options.steps {
         let window = i % batches.len();
-        if window == 0 && i > 0 {
+        if (window == 0 && i > 0) || !batches.carries_state() {
             state = trainer
                 .model()
                 .initial_state(batches.batch_size(), trainer.device());
         }
-        let batch = batches.get(window).expect("window index is below len()");
+        let batch = batches
+            .get(Cursor {
+                epoch: 1,
+                index: window,
+            })?
+            .expect("window index is below len()");
         let lr = lr_at(options, i);
         let (loss, skipped) = trainer.step_at_lr(&batch, &mut state, lr)?;
         let value = loss.to_kind(Kind::Double).double_value(&[]);

@@ -13,9 +13,12 @@
 //!    log and the non-finite check, so every rank skips or stops together;
 //! 4. evaluation sums (NLL, counted tokens) are summed over processes.
 //!
+//! Each process reads its own shard of every loader ([`Strategy::shard`]).
+//!
 //! Only the primary process ([`Strategy::is_primary`]) writes the run directory.
 use std::fmt::Debug;
 
+use perplex_data::Batches;
 use tch::Tensor;
 
 use crate::TrainerError;
@@ -38,6 +41,20 @@ pub trait Strategy: Debug + Send {
     /// # Errors
     /// Communication or libtorch errors.
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, TrainerError>;
+
+    /// The part of a loader that this process reads. By default the loader's own shard
+    /// ([`Batches::shard`]: rows `rank · b .. (rank + 1) · b` of every global batch, so the
+    /// processes together read what one process with the whole batch reads); one process reads
+    /// everything. `data.batch_size` is therefore the global batch.
+    ///
+    /// # Errors
+    /// [`TrainerError::Data`] when the world size does not divide the batch size.
+    fn shard(&self, batches: Box<dyn Batches>) -> Result<Box<dyn Batches>, TrainerError> {
+        if self.world_size() == 1 {
+            return Ok(batches);
+        }
+        Ok(batches.shard(self.rank(), self.world_size())?)
+    }
 
     /// Sums every parameter's gradient over all processes, in place.
     ///

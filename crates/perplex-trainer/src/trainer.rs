@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
-use perplex_data::{BpttBatch, BpttBatches, DataSource, LmData};
+use perplex_data::{Batch, Batches, Cursor, DataSource, LmData};
 use perplex_losses::{metrics::nll_sum, Loss, LossInput};
 use perplex_model::{BuildContext, HiddenState, LanguageModel};
 use perplex_optim::{
@@ -339,8 +339,10 @@ impl Trainer {
     }
 
     /// The training windows on the trainer's device.
-    pub(crate) fn data_train_batches(&self) -> Result<BpttBatches, TrainerError> {
-        Ok(self.data.train_batches(self.device)?)
+    pub(crate) fn data_train_batches(&self) -> Result<Box<dyn Batches>, TrainerError> {
+        Ok(self
+            .data
+            .train_batches(self.device, self.config.seed as u64)?)
     }
 
     /// One optimiser step of the trainer's own step (accumulation, precision, clipping,
@@ -348,7 +350,7 @@ impl Trainer {
     /// whether the update was skipped.
     pub(crate) fn step_at_lr(
         &mut self,
-        batch: &BpttBatch,
+        batch: &Batch,
         state: &mut HiddenState,
         lr: f64,
     ) -> Result<(Tensor, bool), TrainerError> {
@@ -530,7 +532,7 @@ impl Trainer {
     /// whether they improved on the best.
     fn final_validation(
         &mut self,
-        valid: Option<&BpttBatches>,
+        valid: Option<&dyn Batches>,
         epoch: u64,
     ) -> Result<Option<(EvalStats, bool)>, TrainerError> {
         let Some(v) = valid else { return Ok(None) };
@@ -566,19 +568,27 @@ impl Trainer {
     /// scores the test split with the final weights if there is one. Writes `model.safetensors`
     /// (final weights), `metrics.jsonl`/`.csv` and `summary.json` into the run directory.
     ///
+    /// The loop is flat and counted in steps: each turn reads the batch at the loader's cursor
+    /// (epoch, index), takes one step and runs the callbacks; an epoch's end (validation,
+    /// checkpoint, epoch callbacks) happens when the loader's epoch is exhausted.
+    ///
     /// # Errors
     /// [`TrainerError::NonFinite`] when the loss becomes NaN or infinite with
     /// `on_non_finite = "stop"` (the last checkpoint stays loadable), and any error of the parts.
     pub fn fit(&mut self) -> Result<FitSummary, TrainerError> {
-        let train = self.data.train_batches(self.device)?;
+        let seed = self.config.seed as u64;
+        let train = self
+            .strategy
+            .shard(self.data.train_batches(self.device, seed)?)?;
         let valid = if self.config.eval {
-            Some(self.data.valid_batches(self.device)?)
+            Some(self.strategy.shard(self.data.valid_batches(self.device)?)?)
         } else {
             None
         };
+        let valid = valid.as_deref();
         tracing::info!(
             steps_per_epoch = train.len(),
-            tokens_per_step = train.get(0).map(|b| b.targets.numel()),
+            tokens_per_step = train.batch_size() * train.seq_len(),
             epochs = self.config.epochs,
             accumulate = self.config.accumulate,
             start_step = self.pos.step,
@@ -586,171 +596,241 @@ impl Trainer {
         );
         let mut epochs = Vec::new();
         let mut stop: Option<String> = None;
-        while self.pos.epoch <= self.config.epochs
-            && stop.is_none()
-            && !self.max_steps_reached()
-            && self.interrupted().is_none()
-        {
-            let epoch = self.pos.epoch;
-            let mut state = match self.resume_state.take() {
-                Some(s) if self.pos.window > 0 => s,
-                _ => self.model.initial_state(train.batch_size(), self.device),
+        let mut run: Option<EpochRun> = None;
+        while stop.is_none() && !self.max_steps_reached() && self.interrupted().is_none() {
+            let r = match &mut run {
+                Some(r) => r,
+                None if self.pos.epoch > self.config.epochs => break,
+                None => run.insert(self.begin_epoch(train.as_ref())),
             };
-            let mut teacher_state = self
-                .teacher
-                .as_ref()
-                .map(|t| t.initial_state(train.batch_size(), self.device));
-            if self.pos.window == 0 {
-                self.pos.epoch_loss_sum = 0.0;
-                self.pos.epoch_steps = 0;
-                self.pos.epoch_tokens = 0;
-                self.pos.epoch_seconds = 0.0;
-            }
-            let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
-            let mut last_step_end = Instant::now();
-            let mut epoch_done = true;
-            // Whether the last step ended with a validation (+ checkpoint) at `eval_every`.
-            let mut just_validated = false;
-            for batch in train.iter_from(self.pos.window) {
-                let t0 = Instant::now();
-                let (loss, skipped) =
-                    self.train_step(&batch, &mut state, teacher_state.as_mut(), epoch)?;
-                self.pos.step += 1;
-                self.pos.window = batch.index + 1;
-                if skipped {
-                    self.pos.skipped_steps += 1;
-                } else {
-                    loss_sum += loss.to_kind(Kind::Double);
-                    self.pos.epoch_steps += 1;
-                }
-                let tokens = batch.targets.numel() as u64;
-                self.pos.epoch_tokens += tokens;
-                let step_seconds = last_step_end.elapsed().as_secs_f64();
-                last_step_end = Instant::now();
-                self.pos.epoch_seconds += t0.elapsed().as_secs_f64();
-                if self.first_step_seconds.is_none() {
-                    self.first_step_seconds = Some(
-                        run_dir::process_age_seconds()
-                            .unwrap_or_else(|| self.started.elapsed().as_secs_f64()),
-                    );
-                }
-                let event = StepEvent {
-                    epoch,
-                    step: self.pos.step,
-                    window: batch.index,
-                    windows: train.len(),
-                    loss: &loss,
-                    lr: self.optimizer.lr(),
-                    grad_norm: self.last_grad_norm,
-                    metrics: &self.last_metrics,
-                    tokens,
-                    step_seconds,
-                    elapsed_seconds: self.started.elapsed().as_secs_f64(),
-                };
-                let mut actions = Vec::new();
-                for c in &mut self.callbacks {
-                    actions.extend(c.on_step_end(&event)?);
-                }
-                stop = stop.or_else(|| first_stop(&actions));
-                if let Some(signal) = self.interrupted() {
-                    stop = stop.or_else(|| Some(format!("interrupted by {signal}")));
-                }
-                let mid_eval = self.interrupted().is_none()
-                    && self.config.eval_every > 0
-                    && self.pos.step.is_multiple_of(self.config.eval_every)
-                    && self.pos.window < train.len();
-                just_validated = mid_eval;
-                if mid_eval {
-                    self.pos.epoch_loss_sum += loss_sum.double_value(&[]);
-                    loss_sum = loss_sum.zeros_like();
-                    if let Some(s) = self.validate_and_checkpoint(valid.as_ref(), Some(&state))? {
-                        stop = stop.or(Some(s));
-                    }
-                }
-                if stop.is_some() || self.max_steps_reached() {
-                    epoch_done = self.pos.window >= train.len();
-                    break;
-                }
-            }
-            self.pos.epoch_loss_sum += loss_sum.double_value(&[]);
-            if !epoch_done {
-                // Stopped mid-epoch: keep the position and hidden state so a resume continues
-                // here. The validation reported for this partial epoch does not count towards
-                // the best metric or early stopping, so a resumed run behaves as an
-                // uninterrupted one.
-                // When `max_steps` fell on an `eval_every` step, that validation and its
-                // checkpoint (with the hidden state) are this step's: not done twice.
-                // The last validation counts for `best` and reaches every metrics file (but not
-                // the schedule or early stopping, so a resumed run trains as an uninterrupted
-                // one). An interrupted run skips it: a signal asks to exit promptly.
-                let valid_stats = if just_validated {
-                    self.last_valid
-                } else if self.interrupted().is_some() {
-                    self.save_checkpoint(false, Some(&state))?;
-                    None
-                } else {
-                    let stats = self.final_validation(valid.as_ref(), epoch)?;
-                    let improved = stats.is_some_and(|s| s.1);
-                    self.save_checkpoint(improved, Some(&state))?;
-                    stats.map(|s| s.0)
-                };
-                let stats = EpochStats {
-                    epoch,
-                    step: self.pos.step,
-                    complete: false,
-                    train_loss: self.pos.epoch_loss_sum / self.pos.epoch_steps.max(1) as f64,
-                    valid: valid_stats,
-                    tokens_per_sec: self.pos.epoch_tokens as f64 / self.pos.epoch_seconds.max(1e-9),
-                    lr: self.optimizer.lr(),
-                    train_seconds: self.pos.epoch_seconds,
-                };
-                tracing::info!(
-                    epoch,
-                    step = self.pos.step,
-                    train_loss = format!("{:.4}", stats.train_loss),
-                    valid_loss = stats.valid.map(|v| format!("{:.4}", v.loss)),
-                    valid_ppl = stats.valid.map(|v| format!("{:.2}", v.perplexity)),
-                    tokens_per_sec = format!("{:.0}", stats.tokens_per_sec),
-                    "stopped mid-epoch"
-                );
-                for c in &mut self.callbacks {
-                    c.on_epoch_end(&stats)?;
-                }
-                epochs.push(stats);
-                break;
-            }
-            let train_loss = self.pos.epoch_loss_sum / self.pos.epoch_steps.max(1) as f64;
-            if !train_loss.is_finite() && self.config.on_non_finite == OnNonFinite::Stop {
-                return Err(TrainerError::NonFinite {
-                    step: self.pos.step,
-                    epoch,
-                    value: train_loss,
-                });
-            }
-            self.pos.epoch += 1;
-            self.pos.window = 0;
-            if let Some(reason) = self.validate_and_checkpoint(valid.as_ref(), None)? {
+            let cursor = Cursor {
+                epoch: r.epoch,
+                index: self.pos.window,
+            };
+            let batch = train.get(cursor)?.ok_or_else(|| TrainerError::Config {
+                source_name: "[data]".into(),
+                message: format!(
+                    "the training loader has no batch at {cursor:?} (it reports {} per epoch)",
+                    train.len()
+                ),
+            })?;
+            if let Some(reason) = self.step_and_report(r, &batch, train.as_ref(), valid)? {
                 stop = stop.or(Some(reason));
             }
-            let valid_stats = self.last_valid;
-            let stats = EpochStats {
-                epoch,
-                step: self.pos.step,
-                complete: true,
-                train_loss,
-                valid: valid_stats,
-                // The epoch's counters are reset when the next epoch starts.
-                tokens_per_sec: self.pos.epoch_tokens as f64 / self.pos.epoch_seconds.max(1e-9),
-                lr: self.optimizer.lr(),
-                train_seconds: self.pos.epoch_seconds,
-            };
-            let mut actions = Vec::new();
-            for c in &mut self.callbacks {
-                actions.extend(c.on_epoch_end(&stats)?);
+            if self.pos.window >= train.len() {
+                let r = run.take().expect("an epoch is running");
+                if let Some(reason) = self.end_epoch(r, valid, &mut epochs)? {
+                    stop = stop.or(Some(reason));
+                }
             }
-            stop = stop.or_else(|| first_stop(&actions));
-            epochs.push(stats);
         }
+        if let Some(r) = run.take() {
+            self.end_partial_epoch(r, valid, &mut epochs)?;
+        }
+        self.finish(epochs, stop)
+    }
+
+    /// Starts epoch `pos.epoch` (or continues it mid-way after a resume): the model's state for
+    /// the first batch and the epoch's counters.
+    fn begin_epoch(&mut self, train: &dyn Batches) -> EpochRun {
+        let state = match self.resume_state.take() {
+            Some(s) if self.pos.window > 0 && train.carries_state() => s,
+            _ => self.model.initial_state(train.batch_size(), self.device),
+        };
+        let teacher_state = self
+            .teacher
+            .as_ref()
+            .map(|t| t.initial_state(train.batch_size(), self.device));
+        if self.pos.window == 0 {
+            self.pos.epoch_loss_sum = 0.0;
+            self.pos.epoch_steps = 0;
+            self.pos.epoch_tokens = 0;
+            self.pos.epoch_seconds = 0.0;
+        }
+        EpochRun {
+            epoch: self.pos.epoch,
+            carries_state: train.carries_state(),
+            state,
+            teacher_state,
+            loss_sum: Tensor::zeros([], (Kind::Double, self.device)),
+            last_step_end: Instant::now(),
+            just_validated: false,
+        }
+    }
+
+    /// One step on `batch`, then the step's callbacks and, every `eval_every` steps, a
+    /// validation with a checkpoint. Returns a stop reason if a callback or a signal asked for one.
+    fn step_and_report(
+        &mut self,
+        r: &mut EpochRun,
+        batch: &Batch,
+        train: &dyn Batches,
+        valid: Option<&dyn Batches>,
+    ) -> Result<Option<String>, TrainerError> {
+        let t0 = Instant::now();
+        if !train.carries_state() {
+            // Batches are independent: every one starts from the model's initial state.
+            r.state = self.model.initial_state(train.batch_size(), self.device);
+            if let Some(t) = &self.teacher {
+                r.teacher_state = Some(t.initial_state(train.batch_size(), self.device));
+            }
+        }
+        let (loss, skipped) =
+            self.train_step(batch, &mut r.state, r.teacher_state.as_mut(), r.epoch)?;
+        self.pos.step += 1;
+        self.pos.window = batch.index + 1;
+        if skipped {
+            self.pos.skipped_steps += 1;
+        } else {
+            r.loss_sum += loss.to_kind(Kind::Double);
+            self.pos.epoch_steps += 1;
+        }
+        let tokens = batch.targets.numel() as u64;
+        self.pos.epoch_tokens += tokens;
+        let step_seconds = r.last_step_end.elapsed().as_secs_f64();
+        r.last_step_end = Instant::now();
+        self.pos.epoch_seconds += t0.elapsed().as_secs_f64();
+        if self.first_step_seconds.is_none() {
+            self.first_step_seconds = Some(
+                run_dir::process_age_seconds()
+                    .unwrap_or_else(|| self.started.elapsed().as_secs_f64()),
+            );
+        }
+        let event = StepEvent {
+            epoch: r.epoch,
+            step: self.pos.step,
+            window: batch.index,
+            windows: train.len(),
+            loss: &loss,
+            lr: self.optimizer.lr(),
+            grad_norm: self.last_grad_norm,
+            metrics: &self.last_metrics,
+            tokens,
+            step_seconds,
+            elapsed_seconds: self.started.elapsed().as_secs_f64(),
+        };
+        let mut actions = Vec::new();
+        for c in &mut self.callbacks {
+            actions.extend(c.on_step_end(&event)?);
+        }
+        let mut stop = first_stop(&actions);
+        if let Some(signal) = self.interrupted() {
+            stop = stop.or_else(|| Some(format!("interrupted by {signal}")));
+        }
+        r.just_validated = self.interrupted().is_none()
+            && self.config.eval_every > 0
+            && self.pos.step.is_multiple_of(self.config.eval_every)
+            && self.pos.window < train.len();
+        if r.just_validated {
+            self.pos.epoch_loss_sum += r.loss_sum.double_value(&[]);
+            r.loss_sum = r.loss_sum.zeros_like();
+            let state = train.carries_state().then_some(&r.state);
+            if let Some(s) = self.validate_and_checkpoint(valid, state, true)? {
+                stop = stop.or(Some(s));
+            }
+        }
+        Ok(stop)
+    }
+
+    /// The end of a complete epoch: validation, checkpoint, the epoch's callbacks. Returns a stop
+    /// reason if a callback asked for one.
+    fn end_epoch(
+        &mut self,
+        r: EpochRun,
+        valid: Option<&dyn Batches>,
+        epochs: &mut Vec<EpochStats>,
+    ) -> Result<Option<String>, TrainerError> {
+        let epoch = r.epoch;
+        self.pos.epoch_loss_sum += r.loss_sum.double_value(&[]);
+        let train_loss = self.pos.epoch_loss_sum / self.pos.epoch_steps.max(1) as f64;
+        if !train_loss.is_finite() && self.config.on_non_finite == OnNonFinite::Stop {
+            return Err(TrainerError::NonFinite {
+                step: self.pos.step,
+                epoch,
+                value: train_loss,
+            });
+        }
+        self.pos.epoch += 1;
+        self.pos.window = 0;
+        let mut stop = self.validate_and_checkpoint(valid, None, false)?;
+        let stats = EpochStats {
+            epoch,
+            step: self.pos.step,
+            complete: true,
+            train_loss,
+            valid: self.last_valid,
+            // The epoch's counters are reset when the next epoch starts.
+            tokens_per_sec: self.pos.epoch_tokens as f64 / self.pos.epoch_seconds.max(1e-9),
+            lr: self.optimizer.lr(),
+            train_seconds: self.pos.epoch_seconds,
+        };
+        let mut actions = Vec::new();
+        for c in &mut self.callbacks {
+            actions.extend(c.on_epoch_end(&stats)?);
+        }
+        stop = stop.or_else(|| first_stop(&actions));
+        epochs.push(stats);
+        Ok(stop)
+    }
+
+    /// The end of a run stopped mid-epoch: the position and the model's state are kept so that a
+    /// resume continues here. The last validation counts for `best` and reaches every metrics
+    /// file, but not the schedule or early stopping, so a resumed run trains as an uninterrupted
+    /// one; when the last step already validated (at `eval_every`), that validation and its
+    /// checkpoint are this step's, not done twice. An interrupted run skips it: a signal asks to
+    /// exit promptly.
+    fn end_partial_epoch(
+        &mut self,
+        r: EpochRun,
+        valid: Option<&dyn Batches>,
+        epochs: &mut Vec<EpochStats>,
+    ) -> Result<(), TrainerError> {
+        let epoch = r.epoch;
+        self.pos.epoch_loss_sum += r.loss_sum.double_value(&[]);
+        let state = r.carries_state.then_some(&r.state);
+        let valid_stats = if r.just_validated {
+            self.last_valid
+        } else if self.interrupted().is_some() {
+            self.save_checkpoint(false, state)?;
+            None
+        } else {
+            let stats = self.final_validation(valid, epoch)?;
+            let improved = stats.is_some_and(|s| s.1);
+            self.save_checkpoint(improved, state)?;
+            stats.map(|s| s.0)
+        };
+        let stats = EpochStats {
+            epoch,
+            step: self.pos.step,
+            complete: false,
+            train_loss: self.pos.epoch_loss_sum / self.pos.epoch_steps.max(1) as f64,
+            valid: valid_stats,
+            tokens_per_sec: self.pos.epoch_tokens as f64 / self.pos.epoch_seconds.max(1e-9),
+            lr: self.optimizer.lr(),
+            train_seconds: self.pos.epoch_seconds,
+        };
+        tracing::info!(
+            epoch,
+            step = self.pos.step,
+            train_loss = format!("{:.4}", stats.train_loss),
+            valid_loss = stats.valid.map(|v| format!("{:.4}", v.loss)),
+            valid_ppl = stats.valid.map(|v| format!("{:.2}", v.perplexity)),
+            tokens_per_sec = format!("{:.0}", stats.tokens_per_sec),
+            "stopped mid-epoch"
+        );
+        for c in &mut self.callbacks {
+            c.on_epoch_end(&stats)?;
+        }
+        epochs.push(stats);
+        Ok(())
+    }
+
+    /// After the last step: final weights, the test split, the end-of-run summary.
+    fn finish(
+        &mut self,
+        epochs: Vec<EpochStats>,
+        stop: Option<String>,
+    ) -> Result<FitSummary, TrainerError> {
         if let Some(reason) = &stop {
             tracing::info!(step = self.pos.step, "{reason}");
         }
@@ -776,7 +856,7 @@ impl Trainer {
             .filter(|_| interrupted.is_none());
         let test = match tests {
             Some(batches) => {
-                let s = self.evaluate(&batches?)?;
+                let s = self.evaluate(self.strategy.shard(batches?)?.as_ref())?;
                 tracing::info!(
                     test_loss = format!("{:.4}", s.loss),
                     test_ppl = format!("{:.2}", s.perplexity),
@@ -853,7 +933,7 @@ impl Trainer {
     /// Returns the step's loss (detached) and whether the update was skipped.
     fn train_step(
         &mut self,
-        batch: &BpttBatch,
+        batch: &Batch,
         state: &mut HiddenState,
         teacher_state: Option<&mut HiddenState>,
         epoch: u64,
@@ -1030,8 +1110,9 @@ impl Trainer {
     /// (and `best`), and runs the callbacks. Returns a stop reason if a callback asked for one.
     fn validate_and_checkpoint(
         &mut self,
-        valid: Option<&BpttBatches>,
+        valid: Option<&dyn Batches>,
         hidden: Option<&HiddenState>,
+        mid_epoch: bool,
     ) -> Result<Option<String>, TrainerError> {
         let mut stop = None;
         let mut improved = false;
@@ -1052,11 +1133,7 @@ impl Trainer {
             self.pos.valid_loss = Some(stats.loss);
             self.last_valid = Some(stats);
             let event = EvalEvent {
-                epoch: self
-                    .pos
-                    .epoch
-                    .saturating_sub(u64::from(hidden.is_none()))
-                    .max(1),
+                epoch: self.pos.epoch.saturating_sub(u64::from(!mid_epoch)).max(1),
                 step: self.pos.step,
                 stats,
                 improved,
@@ -1128,7 +1205,7 @@ impl Trainer {
     ///
     /// # Errors
     /// Model and loss errors.
-    pub fn evaluate(&self, batches: &BpttBatches) -> Result<EvalStats, TrainerError> {
+    pub fn evaluate(&self, batches: &dyn Batches) -> Result<EvalStats, TrainerError> {
         self.config.precision.scope(self.device, || {
             let (sum, count) = evaluate_sums(
                 self.model.as_ref(),
@@ -1146,6 +1223,20 @@ impl Trainer {
             ))
         })
     }
+}
+
+/// The running part of one epoch in [`Trainer::fit`].
+struct EpochRun {
+    epoch: u64,
+    /// Whether the loader's batches continue each other (the model's state is carried).
+    carries_state: bool,
+    state: HiddenState,
+    teacher_state: Option<HiddenState>,
+    /// Summed step losses since the last validation (float64, on the device).
+    loss_sum: Tensor,
+    last_step_end: Instant,
+    /// Whether the last step ended with a validation (+ checkpoint) at `eval_every`.
+    just_validated: bool,
 }
 
 /// Refuses a resume whose config changes what a checkpoint fixes: the model (every `model` key),
@@ -1192,7 +1283,7 @@ fn check_resumable(
         None,
     );
     let data_keys: &[&str] = if mid_epoch {
-        &["tokenizer", "batch_size", "seq_len"]
+        &["tokenizer", "batch_size", "seq_len", "loader"]
     } else {
         &["tokenizer"]
     };
@@ -1234,14 +1325,15 @@ fn first_stop(actions: &[Action]) -> Option<String> {
         .next()
 }
 
-/// Mean NLL and perplexity of `model` on `batches` (no gradients, state carried across windows),
+/// Mean NLL and perplexity of `model` on `batches` (no gradients; state carried across windows
+/// when the loader's batches continue each other),
 /// not counting targets equal to `ignore_index` (the training loss's, [`Loss::ignore_index`]).
 ///
 /// # Errors
 /// Model and loss errors.
 pub fn evaluate(
     model: &dyn LanguageModel,
-    batches: &BpttBatches,
+    batches: &dyn Batches,
     device: Device,
     ignore_index: i64,
 ) -> Result<EvalStats, TrainerError> {
@@ -1259,7 +1351,7 @@ pub fn evaluate(
 /// Model and loss errors.
 pub fn evaluate_sums(
     model: &dyn LanguageModel,
-    batches: &BpttBatches,
+    batches: &dyn Batches,
     device: Device,
     ignore_index: i64,
 ) -> Result<(Tensor, Tensor), TrainerError> {
@@ -1267,7 +1359,13 @@ pub fn evaluate_sums(
         let mut state = model.initial_state(batches.batch_size(), device);
         let mut sum = Tensor::zeros([], (Kind::Double, device));
         let mut count = Tensor::zeros([], (Kind::Double, device));
-        for batch in batches.iter() {
+        for index in 0..batches.len() {
+            let Some(batch) = batches.get(Cursor { epoch: 1, index })? else {
+                break;
+            };
+            if !batches.carries_state() {
+                state = model.initial_state(batches.batch_size(), device);
+            }
             let out = model.forward(&batch.inputs, &state, false)?;
             let input = LossInput::from_hidden(
                 &out.hidden,

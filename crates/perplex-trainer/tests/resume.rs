@@ -16,6 +16,10 @@ fn small_corpus(dir: &Path) -> std::path::PathBuf {
 }
 
 fn config(dir: &Path, run: &str, extra: &str) -> RunConfig {
+    config_with_loader(dir, run, extra, "bptt")
+}
+
+fn config_with_loader(dir: &Path, run: &str, extra: &str, loader: &str) -> RunConfig {
     let corpus = small_corpus(dir);
     let body = format!(
         r#"
@@ -25,6 +29,7 @@ tokenizer = "char"
 max_vocab_size = 0
 batch_size = 8
 seq_len = 16
+loader = "{loader}"
 [model]
 type = "gru"
 embedding_dim = 16
@@ -68,8 +73,19 @@ fn train_losses(run: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
+    resume_is_bit_identical("bptt");
+}
+
+/// Random windows are read by cursor (epoch, index): a resumed run reads the same windows.
+#[test]
+fn resumed_run_with_random_windows_equals_uninterrupted_run_bit_for_bit() {
+    resume_is_bit_identical("random_windows");
+}
+
+fn resume_is_bit_identical(loader: &str) {
     let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
+    let config = |dir: &Path, run: &str, extra: &str| config_with_loader(dir, run, extra, loader);
     let straight = Trainer::from_config(config(dir.path(), "straight", ""))
         .unwrap()
         .fit()

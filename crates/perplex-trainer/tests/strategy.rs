@@ -4,6 +4,7 @@
 //! doubles the update, dividing twice halves it; both fail here.
 mod common;
 
+use perplex_data::Batches;
 use perplex_trainer::strategy::Strategy;
 use perplex_trainer::{Trainer, TrainerError};
 use tch::Tensor;
@@ -28,6 +29,11 @@ impl Strategy for Mirror {
 
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, TrainerError> {
         Ok(t * self.world_size as f64)
+    }
+
+    /// Every rank holds this process's batch (not a shard of it).
+    fn shard(&self, batches: Box<dyn Batches>) -> Result<Box<dyn Batches>, TrainerError> {
+        Ok(batches)
     }
 
     fn reduce_gradients(&self, params: &[(String, Tensor)]) -> Result<(), TrainerError> {
