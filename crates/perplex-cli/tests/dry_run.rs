@@ -35,13 +35,25 @@ fn dry_run_rejects_what_train_rejects() {
     let (stdout, stderr) = text(&o);
     assert!(!o.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("lr") && stderr.contains("-1"), "{stderr}");
-    for bad in ["trainer.accumulate=3", "data.splits=[0.5, 0.9]"] {
+    for bad in [
+        "trainer.accumulate=3",
+        "data.splits=[0.5, 0.9]",
+        "loss.label_smoothing=1.5",
+        "loss.reduction=none",
+    ] {
         let o = perplex(dir.path())
             .args(["train", "--dry-run", "--set", bad])
             .output()
             .unwrap();
         assert!(!o.status.success(), "{bad}: {:?}", text(&o));
     }
+    // A class weight per token of the seed vocabulary is checked by training, not refused here.
+    let weights = format!("loss.weight=[{}]", vec!["1.0"; 10_001].join(","));
+    let o = perplex(dir.path())
+        .args(["train", "--dry-run", "--set", &weights])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
     // Nothing was created, nothing fetched.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
@@ -108,5 +120,44 @@ fn unknown_names_list_the_registered_ones() {
         assert!(!o.status.success(), "{set}");
         assert!(stderr.contains(listed), "{set}: {stderr}");
         assert!(stderr.contains(&format!("--set {set}")), "{set}: {stderr}");
+    }
+}
+
+/// A loss option that only the loss can check (here a class `weight` whose length is not the
+/// vocabulary's) stops `train` after the corpus is read and before any file of the run is
+/// written: no run directory is left behind.
+#[test]
+fn a_bad_loss_option_stops_train_before_the_run_directory_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "abcab cabba\n".repeat(400)).unwrap();
+    for (set, expect) in [
+        ("loss.weight=[1.0, 2.0]", "weight"),
+        ("loss.label_smoothing=1.5", "label_smoothing"),
+    ] {
+        let o = perplex(dir.path())
+            .args(["train", "--set"])
+            .arg(format!("data.path={}", corpus.display()))
+            .args([
+                "--set",
+                "data.tokenizer=char",
+                "--set",
+                "data.batch_size=4",
+                "--set",
+                "data.seq_len=8",
+                "--set",
+                "trainer.run_dir=runs",
+                "--set",
+                set,
+            ])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&o);
+        assert!(!o.status.success(), "{set}: {stdout}{stderr}");
+        assert!(stderr.contains(expect), "{set}: {stderr}");
+        assert!(
+            !dir.path().join("runs").exists(),
+            "{set}: a run directory was made"
+        );
     }
 }

@@ -46,6 +46,7 @@ pub mod input;
 pub mod metrics;
 pub mod normalizer;
 pub mod output;
+pub mod probe;
 pub mod registry;
 pub mod testing;
 
@@ -71,6 +72,7 @@ pub use linear_cross_entropy::LinearCrossEntropy;
 pub use nll::Nll;
 pub use normalizer::counted_normalizer;
 pub use output::{LossOutput, Reduction};
+pub use probe::probe;
 pub use registry::{registered_losses, LossInfo};
 pub use softmax_cross_entropy::SoftmaxCrossEntropy;
 pub use unlikelihood::Unlikelihood;

@@ -82,7 +82,7 @@ pub(crate) fn class_vector(
         return Err(LossError::InvalidOption {
             loss,
             option,
-            value: format!("{} values", w.len()),
+            value: format!("{} values for a vocabulary of {c} tokens", w.len()),
             expected: "one weight per vocabulary entry",
         });
     }

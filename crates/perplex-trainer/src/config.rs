@@ -362,7 +362,11 @@ impl RunConfig {
     /// parameters), the schedule's options and the teacher directory. Draws from libtorch's
     /// random generator (the stand-in model's weights).
     ///
-    /// Loss options are checked by the loss itself at the first training step, as in training.
+    /// The loss's options are checked by one forward pass on a probe batch
+    /// ([`perplex_losses::probe`]) over a vocabulary of 2^18 tokens: option values (a
+    /// `label_smoothing` of 1.5, a `weighted_sum` without terms, `reduction = "none"`) are
+    /// refused here; what depends on the real vocabulary (a class `weight`'s length) is checked
+    /// when training loads the corpus, still before any file is written.
     ///
     /// # Errors
     /// The [`TrainerError`] that training would stop with.
@@ -380,6 +384,7 @@ impl RunConfig {
                 .with_seq_len(self.data.seq_len as i64),
         )?;
         self.build_optimizer(crate::named_trainable(&vs))?;
+        check_loss(self.loss.as_ref(), 1 << 18, true)?;
         if let Some(s) = &self.schedule {
             s.build(self.optim.lr())?;
         }
@@ -473,6 +478,37 @@ pub(crate) fn check_accumulate(accumulate: u64, batch_size: usize) -> Result<(),
         });
     }
     Ok(())
+}
+
+/// Runs the loss once on a probe batch over `vocab_size` tokens ([`perplex_losses::probe`]) and
+/// checks that it is a scalar, as training needs. With `options_only`, errors that depend on the
+/// vocabulary (shapes, a class `weight`'s length, banned ids) are not reported: the vocabulary is
+/// a stand-in.
+///
+/// # Errors
+/// [`TrainerError::Loss`] naming the option, or [`TrainerError::Config`] for a loss that is not
+/// a scalar.
+pub(crate) fn check_loss(
+    loss: &dyn Loss,
+    vocab_size: i64,
+    options_only: bool,
+) -> Result<(), TrainerError> {
+    match perplex_losses::probe(loss, vocab_size) {
+        Ok(value) if value.dim() != 0 => Err(TrainerError::Config {
+            source_name: "[loss]".into(),
+            message: "the training loss must be a scalar: set `reduction` to `mean` or `sum`"
+                .into(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if !options_only => Err(e.into()),
+        // Options whose check needs the real vocabulary are left to training.
+        Err(perplex_losses::LossError::InvalidOption {
+            option: "weight" | "banned_ids",
+            ..
+        }) => Ok(()),
+        Err(e @ perplex_losses::LossError::InvalidOption { .. }) => Err(e.into()),
+        Err(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -420,6 +420,8 @@ impl Trainer {
             .with_seq_len(config.data.seq_len as i64)
             .with_device(device);
         let model = config.model.build(&vs.root(), &context)?;
+        // The loss's options, checked with the real vocabulary before any file is written.
+        crate::config::check_loss(config.loss.as_ref(), data.vocab.len() as i64, false)?;
         if tc.precision == Precision::Bf16 {
             if device == Device::Cpu && !crate::precision::cpu_has_native_bf16() {
                 tracing::warn!(
