@@ -1,4 +1,10 @@
-//! The training loop.
+//! The training engine: a [`Trainer`] and its flat loop of steps (`fit`); the step itself is in
+//! `step.rs`, resuming in `resume.rs`, evaluation in `evaluate.rs`.
+mod evaluate;
+mod resume;
+mod step;
+
+pub use evaluate::{evaluate, evaluate_sums};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -6,12 +12,9 @@ use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
 use perplex_data::{Batch, Batches, Cursor, DataSource, LmData};
-use perplex_losses::{metrics::nll_sum, Loss, LossInput};
+use perplex_losses::Loss;
 use perplex_model::{BuildContext, HiddenState, LanguageModel};
-use perplex_optim::{
-    clip_grad_norm, clip_grad_value, first_non_finite_grad, grad_norm, LrSchedule, NamedParams,
-    Optimizer,
-};
+use perplex_optim::{LrSchedule, NamedParams, Optimizer};
 
 use crate::callbacks::{
     Action, Callback, CheckpointEvent, EarlyStopping, EvalEvent, MetricsLogger, ProgressBar,
@@ -220,110 +223,6 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Continues a run from a checkpoint: `spec` is a checkpoint directory, a run directory (its
-    /// latest checkpoint) or `latest` (the latest checkpoint of the most recently modified run
-    /// under `run_root`). The run's own `config.toml` is used, with `overrides` applied on top
-    /// (e.g. more epochs), and its own `vocab.json` (the vocabulary is part of the model). On the
-    /// CPU the resumed loss curve equals, bit for bit, that of a run never interrupted.
-    ///
-    /// Nothing in the run directory changes until the checkpoint, the model and the optimiser
-    /// state have loaded: a resume that cannot continue leaves every file as it was. Then the
-    /// resolved config is written back and `metrics.jsonl`/`.csv` lose the rows after the
-    /// checkpoint's step (they were written after it and are written again).
-    ///
-    /// # Errors
-    /// [`TrainerError::Io`] when no checkpoint is found; [`TrainerError::Config`] naming each key
-    /// that a resume cannot change (`model.*`, `data.tokenizer`; `data.batch_size` and
-    /// `data.seq_len` in mid-epoch) with both values, and each checkpoint tensor whose shape the
-    /// model does not have; [`TrainerError::Finished`] for a run that has finished (nothing is
-    /// changed); and the errors of [`Trainer::from_config`].
-    pub fn resume(spec: &str, run_root: &Path, overrides: &[String]) -> Result<Self, TrainerError> {
-        Self::resume_inner(spec, run_root, overrides, true)
-    }
-
-    /// Every check [`Trainer::resume`] makes (the checkpoint, model and optimiser state load;
-    /// the config may change what it changes; the run is not finished), writing nothing.
-    /// Returns the resolved config the resume would write.
-    ///
-    /// # Errors
-    /// Those of [`Trainer::resume`].
-    pub fn check_resume(
-        spec: &str,
-        run_root: &Path,
-        overrides: &[String],
-    ) -> Result<String, TrainerError> {
-        Ok(Self::resume_inner(spec, run_root, overrides, false)?.config_toml)
-    }
-
-    fn resume_inner(
-        spec: &str,
-        run_root: &Path,
-        overrides: &[String],
-        write: bool,
-    ) -> Result<Self, TrainerError> {
-        let ckpt = checkpoint::resolve(spec, run_root)?;
-        let run = checkpoint::run_of(&ckpt);
-        let config_path = run.join(files::CONFIG);
-        let saved = RunConfig::load(Some(&config_path), &[])?;
-        let mut config = RunConfig::load(Some(&config_path), overrides)?;
-        if let Ok(cwd) = std::env::current_dir() {
-            config.absolutize_paths(&cwd);
-        }
-        let manifest = checkpoint::read_manifest(&ckpt)?;
-        check_resumable(&saved, &config, manifest.window > 0, &run)?;
-        let vocab = perplex_data::Vocabulary::load(&run.join(files::VOCAB))?;
-        let mut trainer = Self::build(config, run.clone(), Some(vocab))?;
-        let (manifest, hidden) =
-            checkpoint::load(&ckpt, &mut trainer.vs, trainer.optimizer.as_mut())?;
-        if let Some(s) = trainer.schedule.as_mut() {
-            s.load_state(&manifest.schedule_state)?;
-        }
-        trainer.pos = manifest;
-        trainer.resume_state = hidden;
-        if trainer.finished() {
-            let (step, c) = (trainer.pos.step, &trainer.config);
-            let (reason, hint) = if trainer.max_steps_reached() {
-                (
-                    format!("trainer.max_steps = {} reached", c.max_steps),
-                    format!(
-                        "raise trainer.max_steps: --resume {} --set trainer.max_steps={}",
-                        run.display(),
-                        c.max_steps * 2
-                    ),
-                )
-            } else {
-                (
-                    format!("all {} epochs done at step {step}", c.epochs),
-                    format!(
-                        "raise trainer.epochs: --resume {} --set trainer.epochs={}",
-                        run.display(),
-                        c.epochs + 1
-                    ),
-                )
-            };
-            return Err(TrainerError::Finished {
-                run,
-                step,
-                reason,
-                hint,
-            });
-        }
-        if !write {
-            return Ok(trainer);
-        }
-        // Everything loaded: only now does the run directory change.
-        trainer.write_run_files(false)?;
-        crate::callbacks::truncate_metrics(&run, trainer.pos.step)?;
-        tracing::info!(
-            checkpoint = %ckpt.display(),
-            step = trainer.pos.step,
-            epoch = trainer.pos.epoch,
-            window = trainer.pos.window,
-            "resuming"
-        );
-        Ok(trainer)
-    }
-
     /// Whether training has nothing left to do: all epochs done or `max_steps` reached.
     fn finished(&self) -> bool {
         self.pos.epoch > self.config.epochs || self.max_steps_reached()
@@ -343,21 +242,6 @@ impl Trainer {
         Ok(self
             .data
             .train_batches(self.device, self.config.seed as u64)?)
-    }
-
-    /// One optimiser step of the trainer's own step (accumulation, precision, clipping,
-    /// non-finite handling) at learning rate `lr`, carrying `state`. Returns the step's loss and
-    /// whether the update was skipped.
-    pub(crate) fn step_at_lr(
-        &mut self,
-        batch: &Batch,
-        state: &mut HiddenState,
-        lr: f64,
-    ) -> Result<(Tensor, bool), TrainerError> {
-        self.optimizer.set_lr(lr);
-        let out = self.train_step(batch, state, None, self.pos.epoch);
-        self.pos.step += 1;
-        out
     }
 
     /// Writes `config.toml` (and, for a new run, `vocab.json`) into the run directory.
@@ -931,183 +815,6 @@ impl Trainer {
         Ok(summary)
     }
 
-    /// One optimiser step on `batch` (split into `accumulate` micro-batches); updates `state`.
-    /// Returns the step's loss (detached) and whether the update was skipped.
-    fn train_step(
-        &mut self,
-        batch: &Batch,
-        state: &mut HiddenState,
-        teacher_state: Option<&mut HiddenState>,
-        epoch: u64,
-    ) -> Result<(Tensor, bool), TrainerError> {
-        self.last_grad_norm = f64::NAN;
-        // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
-        tch::manual_seed(self.config.seed.wrapping_add(self.pos.step as i64));
-        let k = self.config.accumulate as i64;
-        let inputs = batch.inputs.chunk(k, 0);
-        let targets = batch.targets.chunk(k, 0);
-        let states = state.chunk(k);
-        let teacher_states = teacher_state.as_ref().map(|s| s.chunk(k));
-        // Every micro-batch's `mean` divides by the whole batch's denominator, which the loss
-        // reports (counted tokens, or the sum of the targets' class weights; one per term of a
-        // composite loss), so the summed gradient equals the full batch's (never an average of
-        // micro-batch means). Made on the device: no synchronisation per step.
-        let distributed = self.strategy.world_size() > 1;
-        let normalizer = (k > 1 || distributed)
-            .then(|| {
-                let local = self.loss.normalizer(&batch.targets)?;
-                self.strategy.all_reduce_sum(&local)
-            })
-            .transpose()?;
-        self.optimizer.zero_grad();
-        let mut total: Option<Tensor> = None;
-        let mut metrics: Vec<(String, Tensor)> = Vec::new();
-        let mut new_states = Vec::with_capacity(k as usize);
-        let mut new_teacher_states = Vec::new();
-        for i in 0..k as usize {
-            // Forward and loss run under autocast together (as in PyTorch), so the loss's
-            // projection sees one dtype; every loss computes its value in float32.
-            let step = || -> Result<_, TrainerError> {
-                let out = self.model.forward(&inputs[i], &states[i].detach(), true)?;
-                let teacher = match (&self.teacher, &teacher_states) {
-                    (Some(t), Some(ts)) => Some(t.logits(&inputs[i], &ts[i])?),
-                    _ => None,
-                };
-                let mut input = LossInput::from_hidden(
-                    &out.hidden,
-                    &out.head.weight,
-                    out.head.bias.as_ref(),
-                    &targets[i],
-                );
-                if let Some(n) = &normalizer {
-                    input = input.with_normalizer(n);
-                }
-                if let Some((logits, _)) = &teacher {
-                    input = input.with_teacher_logits(logits);
-                }
-                let out_loss = self.loss.forward(&input)?;
-                Ok((out_loss, out.state, teacher.map(|(_, s)| s)))
-            };
-            let (out_loss, out_state, teacher_out) =
-                self.config.precision.scope(self.device, step)?;
-            let loss = out_loss.loss;
-            // The loss's own metrics (each weighted_sum term), summed over micro-batches like the
-            // loss: with the global normaliser their sum is the whole batch's value.
-            for (name, value) in out_loss.metrics {
-                let value = value.f_detach()?.f_to_kind(Kind::Double)?;
-                match metrics.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, sum)) => *sum = sum.f_add(&value)?,
-                    None => metrics.push((name, value)),
-                }
-            }
-            if let Some(s) = teacher_out {
-                new_teacher_states.push(s);
-            }
-            if loss.dim() != 0 {
-                return Err(TrainerError::Config {
-                    source_name: "[loss]".into(),
-                    message:
-                        "the training loss must be a scalar: set `reduction` to `mean` or `sum`"
-                            .into(),
-                });
-            }
-            loss.f_backward()?;
-            let loss = loss.detach().to_kind(Kind::Float);
-            total = Some(match total {
-                Some(t) => t + loss,
-                None => loss,
-            });
-            new_states.push(out_state);
-        }
-        let mut total = total.expect("accumulate >= 1 is checked when the trainer is built");
-        if distributed {
-            // Each rank's loss is its share of the global mean: their sum is the step's loss,
-            // and a non-finite value on any rank makes every rank skip (or stop) together.
-            self.strategy.reduce_gradients(self.optimizer.params())?;
-            total = self.strategy.all_reduce_sum(&total)?;
-            for (_, m) in &mut metrics {
-                *m = self.strategy.all_reduce_sum(m)?;
-            }
-        }
-        self.last_metrics = metrics;
-        *state = HiddenState::cat(&new_states);
-        if let Some(ts) = teacher_state {
-            *ts = HiddenState::cat(&new_teacher_states);
-        }
-        // On the CPU reading the loss costs nothing (the step has finished); on CUDA it is read
-        // only when skipping needs it, so steps do not wait for the host.
-        let check = self.device == Device::Cpu || self.config.on_non_finite == OnNonFinite::Skip;
-        if check {
-            let v = total.double_value(&[]);
-            if !v.is_finite() {
-                match self.config.on_non_finite {
-                    OnNonFinite::Stop => {
-                        return Err(TrainerError::NonFinite {
-                            step: self.pos.step + 1,
-                            epoch,
-                            value: v,
-                        })
-                    }
-                    OnNonFinite::Skip => {
-                        tracing::warn!(
-                            step = self.pos.step + 1,
-                            value = v,
-                            "non-finite loss: batch skipped"
-                        );
-                        // The next step starts with `zero_grad`.
-                        return Ok((total, true));
-                    }
-                }
-            }
-        }
-        // The gradient norm before any clipping: it must be finite for the step to be taken
-        // (`on_non_finite` governs gradients as well as the loss).
-        let clip_value = self.config.clip_grad_value > 0.0;
-        let clip_norm = self.config.clip_grad_norm > 0.0;
-        let norm = if clip_norm && !clip_value {
-            clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?
-        } else {
-            grad_norm(self.optimizer.params())?
-        };
-        let norm = norm.f_double_value(&[])?;
-        self.last_grad_norm = norm;
-        if !norm.is_finite() {
-            let parameter = first_non_finite_grad(self.optimizer.params())?
-                .unwrap_or_else(|| "(unknown)".into());
-            match self.config.on_non_finite {
-                OnNonFinite::Stop => {
-                    return Err(TrainerError::NonFiniteGradient {
-                        step: self.pos.step + 1,
-                        epoch,
-                        parameter,
-                        norm,
-                    })
-                }
-                OnNonFinite::Skip => {
-                    tracing::warn!(
-                        step = self.pos.step + 1,
-                        parameter,
-                        grad_norm = norm,
-                        "non-finite gradient: update skipped (parameters and optimiser state unchanged)"
-                    );
-                    return Ok((total, true));
-                }
-            }
-        }
-        if clip_value {
-            clip_grad_value(self.optimizer.params(), self.config.clip_grad_value)?;
-            if clip_norm {
-                let _after_value_clip =
-                    clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?;
-            }
-        }
-        if let Some(s) = &self.schedule {
-            self.optimizer.set_lr(s.lr(self.pos.step as i64));
-        }
-        self.optimizer.step()?;
-        Ok((total, false))
-    }
-
     /// Validates (if enabled), updates the best metric and the schedule, writes a checkpoint
     /// (and `best`), and runs the callbacks. Returns a stop reason if a callback asked for one.
     fn validate_and_checkpoint(
@@ -1241,83 +948,6 @@ struct EpochRun {
     just_validated: bool,
 }
 
-/// Refuses a resume whose config changes what a checkpoint fixes: the model (every `model` key),
-/// the tokenizer, and in mid-epoch the batch shape (the saved hidden state and window position
-/// depend on it). The error names each key with both values.
-fn check_resumable(
-    saved: &RunConfig,
-    config: &RunConfig,
-    mid_epoch: bool,
-    run: &Path,
-) -> Result<(), TrainerError> {
-    fn table<T: Serialize + ?Sized>(v: &T, run: &Path) -> Result<toml::Table, TrainerError> {
-        toml::Table::try_from(v).map_err(|e| TrainerError::Config {
-            source_name: run.join(files::CONFIG).display().to_string(),
-            message: e.to_string(),
-        })
-    }
-    let mut differences = Vec::new();
-    let mut compare =
-        |section: &str, old: &toml::Table, new: &toml::Table, keys: Option<&[&str]>| {
-            let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
-            names.sort();
-            names.dedup();
-            for k in names {
-                if keys.is_some_and(|keys| !keys.contains(&k.as_str())) {
-                    continue;
-                }
-                let (a, b) = (old.get(k), new.get(k));
-                if a != b {
-                    let show =
-                        |v: Option<&toml::Value>| v.map_or("(unset)".into(), |v| v.to_string());
-                    differences.push(format!(
-                        "{section}.{k}: the run has {}, the resume asks for {}",
-                        show(a),
-                        show(b)
-                    ));
-                }
-            }
-        };
-    compare(
-        "model",
-        &table(&saved.model, run)?,
-        &table(&config.model, run)?,
-        None,
-    );
-    let data_keys: &[&str] = if mid_epoch {
-        &["tokenizer", "batch_size", "seq_len", "loader"]
-    } else {
-        &["tokenizer"]
-    };
-    compare(
-        "data",
-        &table(&saved.data, run)?,
-        &table(&config.data, run)?,
-        Some(data_keys),
-    );
-    if differences.is_empty() {
-        return Ok(());
-    }
-    Err(TrainerError::Config {
-        source_name: format!("--resume {}", run.display()),
-        message: format!(
-            "cannot continue this run with a different {}: {} (a checkpoint fixes the model and \
-             tokenizer{}; nothing was changed: start a new run to change them)",
-            if differences.len() == 1 {
-                "setting"
-            } else {
-                "settings"
-            },
-            differences.join("; "),
-            if mid_epoch {
-                ", and mid-epoch the batch shape"
-            } else {
-                ""
-            }
-        ),
-    })
-}
-
 fn first_stop(actions: &[Action]) -> Option<String> {
     actions
         .iter()
@@ -1325,63 +955,6 @@ fn first_stop(actions: &[Action]) -> Option<String> {
             Action::Stop { reason } => reason.clone(),
         })
         .next()
-}
-
-/// Mean NLL and perplexity of `model` on `batches` (no gradients; state carried across windows
-/// when the loader's batches continue each other),
-/// not counting targets equal to `ignore_index` (the training loss's, [`Loss::ignore_index`]).
-///
-/// # Errors
-/// Model and loss errors.
-pub fn evaluate(
-    model: &dyn LanguageModel,
-    batches: &dyn Batches,
-    device: Device,
-    ignore_index: i64,
-) -> Result<EvalStats, TrainerError> {
-    let (sum, count) = evaluate_sums(model, batches, device, ignore_index)?;
-    Ok(EvalStats::new(
-        sum.double_value(&[]),
-        count.double_value(&[]) as u64,
-    ))
-}
-
-/// The summed NLL (nats) and the number of counted tokens of `model` on `batches`, as float64
-/// scalars on the device (what data-parallel evaluation sums over processes).
-///
-/// # Errors
-/// Model and loss errors.
-pub fn evaluate_sums(
-    model: &dyn LanguageModel,
-    batches: &dyn Batches,
-    device: Device,
-    ignore_index: i64,
-) -> Result<(Tensor, Tensor), TrainerError> {
-    tch::no_grad(|| {
-        let mut state = model.initial_state(batches.batch_size(), device);
-        let mut sum = Tensor::zeros([], (Kind::Double, device));
-        let mut count = Tensor::zeros([], (Kind::Double, device));
-        for index in 0..batches.len() {
-            let Some(batch) = batches.get(Cursor { epoch: 1, index })? else {
-                break;
-            };
-            if !batches.carries_state() {
-                state = model.initial_state(batches.batch_size(), device);
-            }
-            let out = model.forward(&batch.inputs, &state, false)?;
-            let input = LossInput::from_hidden(
-                &out.hidden,
-                &out.head.weight,
-                out.head.bias.as_ref(),
-                &batch.targets,
-            );
-            let (s, c) = nll_sum(&input, ignore_index)?;
-            sum += s;
-            count += c;
-            state = out.state;
-        }
-        Ok((sum, count))
-    })
 }
 
 /// Loads the weights saved in a run or checkpoint directory into `vs` (names must match).

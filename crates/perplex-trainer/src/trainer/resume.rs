@@ -1,0 +1,193 @@
+//! Continuing a run from its last checkpoint, and what a resume may not change.
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::Trainer;
+use crate::checkpoint;
+use crate::config::RunConfig;
+use crate::run_dir::files;
+use crate::TrainerError;
+
+impl Trainer {
+    /// Continues a run from a checkpoint: `spec` is a checkpoint directory, a run directory (its
+    /// latest checkpoint) or `latest` (the latest checkpoint of the most recently modified run
+    /// under `run_root`). The run's own `config.toml` is used, with `overrides` applied on top
+    /// (e.g. more epochs), and its own `vocab.json` (the vocabulary is part of the model). On the
+    /// CPU the resumed loss curve equals, bit for bit, that of a run never interrupted.
+    ///
+    /// Nothing in the run directory changes until the checkpoint, the model and the optimiser
+    /// state have loaded: a resume that cannot continue leaves every file as it was. Then the
+    /// resolved config is written back and `metrics.jsonl`/`.csv` lose the rows after the
+    /// checkpoint's step (they were written after it and are written again).
+    ///
+    /// # Errors
+    /// [`TrainerError::Io`] when no checkpoint is found; [`TrainerError::Config`] naming each key
+    /// that a resume cannot change (`model.*`, `data.tokenizer`; `data.batch_size` and
+    /// `data.seq_len` in mid-epoch) with both values, and each checkpoint tensor whose shape the
+    /// model does not have; [`TrainerError::Finished`] for a run that has finished (nothing is
+    /// changed); and the errors of [`Trainer::from_config`].
+    pub fn resume(spec: &str, run_root: &Path, overrides: &[String]) -> Result<Self, TrainerError> {
+        Self::resume_inner(spec, run_root, overrides, true)
+    }
+
+    /// Every check [`Trainer::resume`] makes (the checkpoint, model and optimiser state load;
+    /// the config may change what it changes; the run is not finished), writing nothing.
+    /// Returns the resolved config the resume would write.
+    ///
+    /// # Errors
+    /// Those of [`Trainer::resume`].
+    pub fn check_resume(
+        spec: &str,
+        run_root: &Path,
+        overrides: &[String],
+    ) -> Result<String, TrainerError> {
+        Ok(Self::resume_inner(spec, run_root, overrides, false)?.config_toml)
+    }
+
+    fn resume_inner(
+        spec: &str,
+        run_root: &Path,
+        overrides: &[String],
+        write: bool,
+    ) -> Result<Self, TrainerError> {
+        let ckpt = checkpoint::resolve(spec, run_root)?;
+        let run = checkpoint::run_of(&ckpt);
+        let config_path = run.join(files::CONFIG);
+        let saved = RunConfig::load(Some(&config_path), &[])?;
+        let mut config = RunConfig::load(Some(&config_path), overrides)?;
+        if let Ok(cwd) = std::env::current_dir() {
+            config.absolutize_paths(&cwd);
+        }
+        let manifest = checkpoint::read_manifest(&ckpt)?;
+        check_resumable(&saved, &config, manifest.window > 0, &run)?;
+        let vocab = perplex_data::Vocabulary::load(&run.join(files::VOCAB))?;
+        let mut trainer = Self::build(config, run.clone(), Some(vocab))?;
+        let (manifest, hidden) =
+            checkpoint::load(&ckpt, &mut trainer.vs, trainer.optimizer.as_mut())?;
+        if let Some(s) = trainer.schedule.as_mut() {
+            s.load_state(&manifest.schedule_state)?;
+        }
+        trainer.pos = manifest;
+        trainer.resume_state = hidden;
+        if trainer.finished() {
+            let (step, c) = (trainer.pos.step, &trainer.config);
+            let (reason, hint) = if trainer.max_steps_reached() {
+                (
+                    format!("trainer.max_steps = {} reached", c.max_steps),
+                    format!(
+                        "raise trainer.max_steps: --resume {} --set trainer.max_steps={}",
+                        run.display(),
+                        c.max_steps * 2
+                    ),
+                )
+            } else {
+                (
+                    format!("all {} epochs done at step {step}", c.epochs),
+                    format!(
+                        "raise trainer.epochs: --resume {} --set trainer.epochs={}",
+                        run.display(),
+                        c.epochs + 1
+                    ),
+                )
+            };
+            return Err(TrainerError::Finished {
+                run,
+                step,
+                reason,
+                hint,
+            });
+        }
+        if !write {
+            return Ok(trainer);
+        }
+        // Everything loaded: only now does the run directory change.
+        trainer.write_run_files(false)?;
+        crate::callbacks::truncate_metrics(&run, trainer.pos.step)?;
+        tracing::info!(
+            checkpoint = %ckpt.display(),
+            step = trainer.pos.step,
+            epoch = trainer.pos.epoch,
+            window = trainer.pos.window,
+            "resuming"
+        );
+        Ok(trainer)
+    }
+}
+
+/// Refuses a resume whose config changes what a checkpoint fixes: the model (every `model` key),
+/// the tokenizer, and in mid-epoch the batch shape (the saved hidden state and window position
+/// depend on it). The error names each key with both values.
+fn check_resumable(
+    saved: &RunConfig,
+    config: &RunConfig,
+    mid_epoch: bool,
+    run: &Path,
+) -> Result<(), TrainerError> {
+    fn table<T: Serialize + ?Sized>(v: &T, run: &Path) -> Result<toml::Table, TrainerError> {
+        toml::Table::try_from(v).map_err(|e| TrainerError::Config {
+            source_name: run.join(files::CONFIG).display().to_string(),
+            message: e.to_string(),
+        })
+    }
+    let mut differences = Vec::new();
+    let mut compare =
+        |section: &str, old: &toml::Table, new: &toml::Table, keys: Option<&[&str]>| {
+            let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+            names.sort();
+            names.dedup();
+            for k in names {
+                if keys.is_some_and(|keys| !keys.contains(&k.as_str())) {
+                    continue;
+                }
+                let (a, b) = (old.get(k), new.get(k));
+                if a != b {
+                    let show =
+                        |v: Option<&toml::Value>| v.map_or("(unset)".into(), |v| v.to_string());
+                    differences.push(format!(
+                        "{section}.{k}: the run has {}, the resume asks for {}",
+                        show(a),
+                        show(b)
+                    ));
+                }
+            }
+        };
+    compare(
+        "model",
+        &table(&saved.model, run)?,
+        &table(&config.model, run)?,
+        None,
+    );
+    let data_keys: &[&str] = if mid_epoch {
+        &["tokenizer", "batch_size", "seq_len", "loader"]
+    } else {
+        &["tokenizer"]
+    };
+    compare(
+        "data",
+        &table(&saved.data, run)?,
+        &table(&config.data, run)?,
+        Some(data_keys),
+    );
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(TrainerError::Config {
+        source_name: format!("--resume {}", run.display()),
+        message: format!(
+            "cannot continue this run with a different {}: {} (a checkpoint fixes the model and \
+             tokenizer{}; nothing was changed: start a new run to change them)",
+            if differences.len() == 1 {
+                "setting"
+            } else {
+                "settings"
+            },
+            differences.join("; "),
+            if mid_epoch {
+                ", and mid-epoch the batch shape"
+            } else {
+                ""
+            }
+        ),
+    })
+}

@@ -1,0 +1,207 @@
+//! One optimiser step: micro-batches, autocast, the loss's normaliser, the strategy's
+//! reductions, the non-finite checks, clipping and the update. Used by `fit`, by `lr-find` and
+//! by the benchmarks alike.
+use tch::{Device, Kind, Tensor};
+
+use perplex_data::Batch;
+use perplex_losses::LossInput;
+use perplex_model::HiddenState;
+use perplex_optim::{clip_grad_norm, clip_grad_value, first_non_finite_grad, grad_norm};
+
+use super::Trainer;
+use crate::config::OnNonFinite;
+use crate::TrainerError;
+
+impl Trainer {
+    /// One optimiser step of the trainer's own step (accumulation, precision, clipping,
+    /// non-finite handling) at learning rate `lr`, carrying `state`. Returns the step's loss and
+    /// whether the update was skipped.
+    pub(crate) fn step_at_lr(
+        &mut self,
+        batch: &Batch,
+        state: &mut HiddenState,
+        lr: f64,
+    ) -> Result<(Tensor, bool), TrainerError> {
+        self.optimizer.set_lr(lr);
+        let out = self.train_step(batch, state, None, self.pos.epoch);
+        self.pos.step += 1;
+        out
+    }
+
+    /// One optimiser step on `batch` (split into `accumulate` micro-batches); updates `state`.
+    /// Returns the step's loss (detached) and whether the update was skipped.
+    pub(super) fn train_step(
+        &mut self,
+        batch: &Batch,
+        state: &mut HiddenState,
+        teacher_state: Option<&mut HiddenState>,
+        epoch: u64,
+    ) -> Result<(Tensor, bool), TrainerError> {
+        self.last_grad_norm = f64::NAN;
+        // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
+        tch::manual_seed(self.config.seed.wrapping_add(self.pos.step as i64));
+        let k = self.config.accumulate as i64;
+        let inputs = batch.inputs.chunk(k, 0);
+        let targets = batch.targets.chunk(k, 0);
+        let states = state.chunk(k);
+        let teacher_states = teacher_state.as_ref().map(|s| s.chunk(k));
+        // Every micro-batch's `mean` divides by the whole batch's denominator, which the loss
+        // reports (counted tokens, or the sum of the targets' class weights; one per term of a
+        // composite loss), so the summed gradient equals the full batch's (never an average of
+        // micro-batch means). Made on the device: no synchronisation per step.
+        let distributed = self.strategy.world_size() > 1;
+        let normalizer = (k > 1 || distributed)
+            .then(|| {
+                let local = self.loss.normalizer(&batch.targets)?;
+                self.strategy.all_reduce_sum(&local)
+            })
+            .transpose()?;
+        self.optimizer.zero_grad();
+        let mut total: Option<Tensor> = None;
+        let mut metrics: Vec<(String, Tensor)> = Vec::new();
+        let mut new_states = Vec::with_capacity(k as usize);
+        let mut new_teacher_states = Vec::new();
+        for i in 0..k as usize {
+            // Forward and loss run under autocast together (as in PyTorch), so the loss's
+            // projection sees one dtype; every loss computes its value in float32.
+            let step = || -> Result<_, TrainerError> {
+                let out = self.model.forward(&inputs[i], &states[i].detach(), true)?;
+                let teacher = match (&self.teacher, &teacher_states) {
+                    (Some(t), Some(ts)) => Some(t.logits(&inputs[i], &ts[i])?),
+                    _ => None,
+                };
+                let mut input = LossInput::from_hidden(
+                    &out.hidden,
+                    &out.head.weight,
+                    out.head.bias.as_ref(),
+                    &targets[i],
+                );
+                if let Some(n) = &normalizer {
+                    input = input.with_normalizer(n);
+                }
+                if let Some((logits, _)) = &teacher {
+                    input = input.with_teacher_logits(logits);
+                }
+                let out_loss = self.loss.forward(&input)?;
+                Ok((out_loss, out.state, teacher.map(|(_, s)| s)))
+            };
+            let (out_loss, out_state, teacher_out) =
+                self.config.precision.scope(self.device, step)?;
+            let loss = out_loss.loss;
+            // The loss's own metrics (each weighted_sum term), summed over micro-batches like the
+            // loss: with the global normaliser their sum is the whole batch's value.
+            for (name, value) in out_loss.metrics {
+                let value = value.f_detach()?.f_to_kind(Kind::Double)?;
+                match metrics.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, sum)) => *sum = sum.f_add(&value)?,
+                    None => metrics.push((name, value)),
+                }
+            }
+            if let Some(s) = teacher_out {
+                new_teacher_states.push(s);
+            }
+            if loss.dim() != 0 {
+                return Err(TrainerError::Config {
+                    source_name: "[loss]".into(),
+                    message:
+                        "the training loss must be a scalar: set `reduction` to `mean` or `sum`"
+                            .into(),
+                });
+            }
+            loss.f_backward()?;
+            let loss = loss.detach().to_kind(Kind::Float);
+            total = Some(match total {
+                Some(t) => t + loss,
+                None => loss,
+            });
+            new_states.push(out_state);
+        }
+        let mut total = total.expect("accumulate >= 1 is checked when the trainer is built");
+        if distributed {
+            // Each rank's loss is its share of the global mean: their sum is the step's loss,
+            // and a non-finite value on any rank makes every rank skip (or stop) together.
+            self.strategy.reduce_gradients(self.optimizer.params())?;
+            total = self.strategy.all_reduce_sum(&total)?;
+            for (_, m) in &mut metrics {
+                *m = self.strategy.all_reduce_sum(m)?;
+            }
+        }
+        self.last_metrics = metrics;
+        *state = HiddenState::cat(&new_states);
+        if let Some(ts) = teacher_state {
+            *ts = HiddenState::cat(&new_teacher_states);
+        }
+        // On the CPU reading the loss costs nothing (the step has finished); on CUDA it is read
+        // only when skipping needs it, so steps do not wait for the host.
+        let check = self.device == Device::Cpu || self.config.on_non_finite == OnNonFinite::Skip;
+        if check {
+            let v = total.double_value(&[]);
+            if !v.is_finite() {
+                match self.config.on_non_finite {
+                    OnNonFinite::Stop => {
+                        return Err(TrainerError::NonFinite {
+                            step: self.pos.step + 1,
+                            epoch,
+                            value: v,
+                        })
+                    }
+                    OnNonFinite::Skip => {
+                        tracing::warn!(
+                            step = self.pos.step + 1,
+                            value = v,
+                            "non-finite loss: batch skipped"
+                        );
+                        // The next step starts with `zero_grad`.
+                        return Ok((total, true));
+                    }
+                }
+            }
+        }
+        // The gradient norm before any clipping: it must be finite for the step to be taken
+        // (`on_non_finite` governs gradients as well as the loss).
+        let clip_value = self.config.clip_grad_value > 0.0;
+        let clip_norm = self.config.clip_grad_norm > 0.0;
+        let norm = if clip_norm && !clip_value {
+            clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?
+        } else {
+            grad_norm(self.optimizer.params())?
+        };
+        let norm = norm.f_double_value(&[])?;
+        self.last_grad_norm = norm;
+        if !norm.is_finite() {
+            let parameter = first_non_finite_grad(self.optimizer.params())?
+                .unwrap_or_else(|| "(unknown)".into());
+            match self.config.on_non_finite {
+                OnNonFinite::Stop => {
+                    return Err(TrainerError::NonFiniteGradient {
+                        step: self.pos.step + 1,
+                        epoch,
+                        parameter,
+                        norm,
+                    })
+                }
+                OnNonFinite::Skip => {
+                    tracing::warn!(
+                        step = self.pos.step + 1,
+                        parameter,
+                        grad_norm = norm,
+                        "non-finite gradient: update skipped (parameters and optimiser state unchanged)"
+                    );
+                    return Ok((total, true));
+                }
+            }
+        }
+        if clip_value {
+            clip_grad_value(self.optimizer.params(), self.config.clip_grad_value)?;
+            if clip_norm {
+                let _after_value_clip =
+                    clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?;
+            }
+        }
+        if let Some(s) = &self.schedule {
+            self.optimizer.set_lr(s.lr(self.pos.step as i64));
+        }
+        self.optimizer.step()?;
+        Ok((total, false))
+    }
+}
