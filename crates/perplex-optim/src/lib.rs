@@ -18,7 +18,7 @@
 //! let w = Tensor::ones([3], (Kind::Double, Device::Cpu)).set_requires_grad(true);
 //! let config = AdamConfig::default();
 //! let mut opt = config.build(vec![("w".into(), w.shallow_clone())])?;
-//! let schedule = WarmupCosineConfig { warmup_steps: 2, total_steps: 10 }.build(config.lr)?;
+//! let schedule = WarmupCosineConfig { warmup_steps: 2, total_steps: 10, min_lr: 0.0 }.build(config.lr)?;
 //! for step in 0..3 {
 //!     opt.set_lr(schedule.lr(step));
 //!     (&w * &w).sum(Kind::Double).backward();

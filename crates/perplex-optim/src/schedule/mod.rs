@@ -153,6 +153,23 @@ mod tests {
         assert_eq!(lrs(s.as_ref(), 0..4), vec![0.3; 4]);
     }
 
+    /// nanoGPT's `get_lr` after warm-up: `min_lr + coeff · (lr - min_lr)`,
+    /// `coeff = 0.5 · (1 + cos(π · (it - warmup) / (decay_iters - warmup)))`.
+    #[test]
+    fn warmup_cosine_decays_to_min_lr() {
+        let json = r#"{"type": "warmup_cosine", "warmup_steps": 100, "total_steps": 2000, "min_lr": 1e-4}"#;
+        let s = build(json, 1e-3).unwrap();
+        for it in [100i64, 500, 1000, 1500, 1999, 2000] {
+            let coeff = 0.5 * (1.0 + (std::f64::consts::PI * (it - 100) as f64 / 1900.0).cos());
+            let nanogpt = 1e-4 + coeff * (1e-3 - 1e-4);
+            assert!((s.lr(it) - nanogpt).abs() < 1e-15, "step {it}");
+        }
+        assert!((s.lr(2000) - 1e-4).abs() < 1e-15);
+        let bad =
+            r#"{"type": "warmup_cosine", "warmup_steps": 1, "total_steps": 2, "min_lr": 0.5}"#;
+        assert!(build(bad, 0.1).unwrap_err().to_string().contains("min_lr"));
+    }
+
     #[test]
     fn warmup_schedules_start_at_zero_and_peak_after_warmup() {
         for ty in ["warmup_cosine", "warmup_linear"] {

@@ -36,7 +36,8 @@ fn check_warmup_total(
 /// Linear warm-up then cosine decay to 0 (`type = "warmup_cosine"`), as `transformers`'
 /// `get_cosine_schedule_with_warmup` (half a cosine; a `torch.optim.lr_scheduler.LambdaLR`):
 /// `lr_k = base_lr · k / max(1, w)` for `k < w`, else
-/// `base_lr · max(0, (1 + cos(π·(k - w) / max(1, T - w))) / 2)`.
+/// `min_lr + (base_lr - min_lr) · max(0, (1 + cos(π·(k - w) / max(1, T - w))) / 2)` (`min_lr`
+/// 0 by default; nanoGPT's `get_lr` decays to a `min_lr` instead).
 ///
 /// As that formula, the cosine is not clamped past `total_steps`: the lr rises again after `T`
 /// (set `total_steps` to the run's length).
@@ -45,20 +46,23 @@ fn check_warmup_total(
 pub struct WarmupCosineConfig {
     /// Warm-up steps w (the lr rises linearly from 0 at step 0). Required.
     pub warmup_steps: i64,
-    /// Total steps T, warm-up included (the lr reaches 0 at step T). Required.
+    /// Total steps T, warm-up included (the lr reaches `min_lr` at step T). Required.
     pub total_steps: i64,
+    /// The floor of the cosine: the decay goes from `base_lr` to `min_lr` (nanoGPT's `min_lr`,
+    /// usually `base_lr / 10`). Default 0, `transformers`' schedule.
+    #[serde(default)]
+    pub min_lr: f64,
 }
 
 impl StepFunction for WarmupCosineConfig {
     fn lr_at(&self, base_lr: f64, step: i64) -> f64 {
         let (w, t) = (self.warmup_steps, self.total_steps);
-        let factor = if step < w {
-            warmup_factor(step, w)
-        } else {
-            let progress = (step - w) as f64 / (t - w).max(1) as f64;
-            (0.5 * (1.0 + (PI * progress).cos())).max(0.0)
-        };
-        base_lr * factor
+        if step < w {
+            return base_lr * warmup_factor(step, w);
+        }
+        let progress = (step - w) as f64 / (t - w).max(1) as f64;
+        let cosine = (0.5 * (1.0 + (PI * progress).cos())).max(0.0);
+        self.min_lr + (base_lr - self.min_lr) * cosine
     }
 }
 
@@ -66,6 +70,13 @@ impl StepFunction for WarmupCosineConfig {
 impl ScheduleConfig for WarmupCosineConfig {
     fn build(&self, base_lr: f64) -> Result<Box<dyn LrSchedule>, OptimError> {
         check_warmup_total("warmup_cosine", self.warmup_steps, self.total_steps)?;
+        check(
+            "warmup_cosine",
+            "min_lr",
+            self.min_lr,
+            (0.0..=base_lr).contains(&self.min_lr),
+            "0 <= min_lr <= lr",
+        )?;
         stateless("warmup_cosine", base_lr, self)
     }
 }
