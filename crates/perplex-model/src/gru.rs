@@ -211,7 +211,7 @@ mod tests {
         let m = GruLmConfig::default()
             .build(&vs.root(), &BuildContext::new(10001))
             .unwrap();
-        // xtask's per-step figure: 15.9 + 68.8 = 84.7 GFLOP for 64 × 35 = 2240 tokens.
+        // Per step of the seed batch: 15.9 + 68.8 = 84.7 GFLOP for 64 × 35 = 2240 tokens.
         let per_step = m.flops_per_token().unwrap() * 2240.0;
         assert!((per_step / 1e9 - 84.7).abs() < 0.05, "{per_step}");
     }

@@ -1,13 +1,15 @@
-//! `cargo xtask bench train`: perplex against the PyTorch eager reference on the seed model,
-//! run alternately (perplex, PyTorch, perplex, PyTorch, ...) so that drifts in machine load fall
-//! on both sides alike.
+//! `cargo xtask bench train`: perplex against the PyTorch eager reference, run alternately
+//! (perplex, PyTorch, perplex, PyTorch, ...) so that drifts in machine load fall on both sides
+//! alike. `--model gru` (the seed GRU, word and char level, against `pytorch_gru_lm.py`) or
+//! `--model transformer` (the GPT-style decoder at char level, against `pytorch_gpt_lm.py`);
+//! `--precision f32|bf16` on both sides.
 //!
 //! Per run: `warmup` untimed steps, then `steps` timed steps, no evaluation. Per side: the median
 //! step time of each run gives its tokens/s; across runs the median and the min–max; achieved
-//! GFLOP/s (FLOPs per step from the model's shapes, [`flop_per_step`]) against the matmul
-//! ceiling measured in the same invocation (`perplex-losses/examples/matmul_ceiling.rs`); the
-//! peak resident set and minor page faults of the process (`wait4`) and the seconds from spawn
-//! to the end of step 1.
+//! GFLOP/s (FLOPs per token as the model itself reports them, `LanguageModel::flops_per_token`,
+//! read from perplex's `summary.json`) against the matmul ceiling measured in the same
+//! invocation (`perplex-losses/examples/matmul_ceiling.rs`); the peak resident set and minor
+//! page faults of the process (`wait4`) and the seconds from spawn to the end of step 1.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,9 +33,18 @@ pub struct TrainArgs {
     /// perplex/PyTorch pairs per level, at least 3 (1 with --quick). Default 3.
     #[arg(long)]
     pairs: Option<usize>,
-    /// Word level (V = 10001), char level (V = 65) or both. Default both (char with --quick).
+    /// Word level (V = 10001), char level (V = 65) or both. Default both (char with --quick);
+    /// the Transformer runs at char level only.
     #[arg(long, value_enum)]
     level: Option<Level>,
+    /// The model on both sides: the seed GRU or the GPT-style Transformer
+    /// (`examples/configs/gpt-tinyshakespeare-char.toml` against `pytorch_gpt_lm.py`).
+    #[arg(long, value_enum, default_value = "gru")]
+    model: Model,
+    /// Arithmetic on both sides: `f32`, or `bf16` autocast (perplex `trainer.precision = "bf16"`,
+    /// the reference's `--precision bf16`).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
     /// libtorch intra-op threads on both sides. Default: the number of CPUs.
     #[arg(long)]
     threads: Option<usize>,
@@ -50,7 +61,8 @@ pub struct TrainArgs {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// The PyTorch reference script. Default `$PERPLEX_REFERENCE`, else
-    /// `../shared/reference/pytorch_gru_lm.py` from the workspace root.
+    /// `../shared/reference/pytorch_gru_lm.py` (`pytorch_gpt_lm.py` for the Transformer) from the
+    /// workspace root.
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Run perplex only.
@@ -65,6 +77,27 @@ pub struct TrainArgs {
     /// Keep the perplex run directories (under `<target>/bench/runs`).
     #[arg(long)]
     keep_runs: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Model {
+    Gru,
+    Transformer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    Bf16,
+}
+
+impl PrecisionArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,6 +117,8 @@ struct Plan {
     threads: usize,
     device: String,
     timeout: Duration,
+    model: Model,
+    precision: PrecisionArg,
 }
 
 fn plan(a: &TrainArgs) -> Result<Plan> {
@@ -96,10 +131,16 @@ fn plan(a: &TrainArgs) -> Result<Plan> {
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let levels = match a.level.unwrap_or(if q { Level::Char } else { Level::Both }) {
-        Level::Word => vec!["word"],
-        Level::Char => vec!["char"],
-        Level::Both => vec!["word", "char"],
+    let levels = match (a.model, a.level) {
+        (Model::Transformer, None | Some(Level::Char)) => vec!["char"],
+        (Model::Transformer, Some(l)) => {
+            bail!("--model transformer runs at char level (its reference's setting), not {l:?}")
+        }
+        (Model::Gru, l) => match l.unwrap_or(if q { Level::Char } else { Level::Both }) {
+            Level::Word => vec!["word"],
+            Level::Char => vec!["char"],
+            Level::Both => vec!["word", "char"],
+        },
     };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -112,15 +153,14 @@ fn plan(a: &TrainArgs) -> Result<Plan> {
         threads: a.threads.unwrap_or(cpus),
         device: a.device.clone(),
         timeout: Duration::from_secs(a.run_timeout_s.unwrap_or(if q { 120 } else { 900 })),
+        model: a.model,
+        precision: a.precision,
     })
 }
 
-/// The seed model's shapes, read from the resolved perplex config.
+/// The batch shape, read from the resolved perplex config.
 #[derive(Debug, Clone, Copy)]
 struct Shapes {
-    embedding: f64,
-    hidden: f64,
-    layers: f64,
     batch: f64,
     seq: f64,
 }
@@ -129,25 +169,6 @@ impl Shapes {
     fn tokens(&self) -> f64 {
         self.batch * self.seq
     }
-}
-
-/// Floating-point operations of one training step of the GRU language model (multiply-add = 2).
-///
-/// - embedding lookup: ~0;
-/// - GRU layer `l` (input size `I` = E for the first layer, H after): three gates, each an
-///   `I x H` and an `H x H` product per token, forward `2 · 3 · (I·H + H·H) · B·T`; backward ≈ 2×
-///   forward (gradients w.r.t. inputs and weights), so 3× forward in all;
-/// - output Linear: forward `2 · H · V · B·T`, 3× with backward.
-///
-/// Element-wise work (gates, softmax, Adam) is a few FLOPs per element and is left out (< 1%
-/// at word level). At V = 10001, E = 256, H = 512, B·T = 2240: 15.9 + 68.8 = 84.7 GFLOP.
-fn flop_per_step(s: &Shapes, vocab: f64) -> f64 {
-    let bt = s.tokens();
-    let (e, h) = (s.embedding, s.hidden);
-    let mut gru_fwd = 2.0 * 3.0 * (e * h + h * h) * bt;
-    gru_fwd += (s.layers - 1.0).max(0.0) * 2.0 * 3.0 * (h * h + h * h) * bt;
-    let out_fwd = 2.0 * h * vocab * bt;
-    3.0 * (gru_fwd + out_fwd)
 }
 
 /// One run of one side.
@@ -240,9 +261,10 @@ fn prepare_perplex<'a>(
     user: &[String],
     torch: &Option<Torch>,
 ) -> Result<PerplexSide<'a>> {
-    let config = crate::workspace_root().join(match level {
-        "word" => "examples/configs/gru-tinyshakespeare.toml",
-        _ => "examples/configs/gru-char-tinyshakespeare.toml",
+    let config = crate::workspace_root().join(match (p.model, level) {
+        (Model::Transformer, _) => "examples/configs/gpt-tinyshakespeare-char.toml",
+        (Model::Gru, "word") => "examples/configs/gru-tinyshakespeare.toml",
+        (Model::Gru, _) => "examples/configs/gru-char-tinyshakespeare.toml",
     });
     let mut overrides: Vec<String> = vec![
         "trainer.log_every=1".into(),
@@ -252,6 +274,9 @@ fn prepare_perplex<'a>(
         format!("trainer.threads={}", p.threads),
         format!("trainer.device={}", p.device),
     ];
+    if p.precision == PrecisionArg::Bf16 {
+        overrides.push("trainer.precision=bf16".into());
+    }
     overrides.extend(user.iter().cloned());
     let dry = |ov: &[String]| -> Result<Finished> {
         let mut cmd = super::command(bin, torch);
@@ -287,9 +312,6 @@ fn prepare_perplex<'a>(
             .unwrap_or(default)
     };
     let shapes = Shapes {
-        embedding: num("model", "embedding_dim", 256.0),
-        hidden: num("model", "hidden_size", 512.0),
-        layers: num("model", "num_layers", 1.0),
         batch: num("data", "batch_size", 64.0),
         seq: num("data", "seq_len", 35.0),
     };
@@ -400,9 +422,11 @@ fn run_pytorch(
     torch: &Option<Torch>,
 ) -> Result<RunOutcome> {
     let mut cmd = super::command(python, torch);
-    cmd.env("PYTHONUNBUFFERED", "1")
-        .arg(script)
-        .args(["--level", level, "--bench_only", "--epochs", "1000"])
+    cmd.env("PYTHONUNBUFFERED", "1").arg(script);
+    if p.model == Model::Gru {
+        cmd.args(["--level", level, "--epochs", "1000"]);
+    }
+    cmd.args(["--bench_only", "--precision", p.precision.name()])
         .args(["--warmup", &p.warmup.to_string()])
         .args(["--timed", &p.steps.to_string()])
         .args(["--threads", &p.threads.to_string()])
@@ -425,9 +449,13 @@ fn run_pytorch(
         )));
     };
     let get = |k: &str| result.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    // Printed after `loss.item()` of step 1 (the reference prints steps 1-3 and every 20th).
+    // Printed after `loss.item()` of step 1 (the GRU reference prints steps 1-3 and every 20th,
+    // the GPT reference iterations 0, 100, ...).
     let first = out
-        .first_line_with(&["ep 1 step 1 "])
+        .first_line_with(&[match p.model {
+            Model::Gru => "ep 1 step 1 ",
+            Model::Transformer => "iter 0 loss",
+        }])
         .map(|l| l.at_s)
         .unwrap_or(f64::NAN);
     let timed = result
@@ -500,7 +528,12 @@ fn reference_script(a: &TrainArgs) -> Option<PathBuf> {
         .reference
         .clone()
         .or_else(|| std::env::var_os("PERPLEX_REFERENCE").map(PathBuf::from))
-        .unwrap_or_else(|| crate::workspace_root().join("../shared/reference/pytorch_gru_lm.py"));
+        .unwrap_or_else(|| {
+            crate::workspace_root().join(match a.model {
+                Model::Gru => "../shared/reference/pytorch_gru_lm.py",
+                Model::Transformer => "../shared/reference/pytorch_gpt_lm.py",
+            })
+        });
     Some(p)
 }
 
@@ -604,9 +637,9 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
     for level in &p.levels {
         sides.push(prepare_perplex(&perplex, level, &p, &a.overrides, torch)?);
     }
-    // The ceiling is the word-level output projection, the model's largest product.
-    let s0 = sides[0].shapes;
-    let ceiling_shape = (s0.tokens(), s0.hidden, 10_001.0);
+    // The ceiling: the seed word model's output projection ([2240 x 512] x [512 x 10001]), a
+    // product large enough to reach the kernel's peak; the same for every model.
+    let ceiling_shape = (2240.0, 512.0, 10_001.0);
     let ceiling_before = ceiling(&ceiling_bin, ceiling_shape, &p, torch)?;
 
     let mut level_json = serde_json::Map::new();
@@ -671,7 +704,17 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
         let vocab = vocab_pytorch
             .or(vocab_perplex)
             .unwrap_or(if level == "word" { 10_001.0 } else { 65.0 });
-        let flop = flop_per_step(&side.shapes, vocab);
+        // FLOPs as the model reports them (`LanguageModel::flops_per_token`, in summary.json):
+        // the same model on both sides.
+        let flops_per_token = pairs
+            .iter()
+            .find_map(|(a, _)| {
+                a.self_reported
+                    .pointer("/summary/utilisation/model_flops_per_token")
+                    .and_then(Value::as_f64)
+            })
+            .unwrap_or(f64::NAN);
+        let flop = flops_per_token * side.shapes.tokens();
         let pp: Vec<&RunOutcome> = pairs.iter().map(|(a, _)| a).collect();
         let py: Vec<&RunOutcome> = pairs.iter().map(|(_, b)| b).collect();
         let ratios: Vec<Value> = pairs
@@ -691,10 +734,8 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
             "vocab_pytorch": vocab_pytorch,
             "tokens_per_step": side.shapes.tokens(),
             "gflop_per_step": flop / 1e9,
-            "shapes": {
-                "embedding": side.shapes.embedding, "hidden": side.shapes.hidden,
-                "layers": side.shapes.layers, "batch": side.shapes.batch, "seq_len": side.shapes.seq,
-            },
+            "model_flops_per_token": finite(flops_per_token),
+            "shapes": { "batch": side.shapes.batch, "seq_len": side.shapes.seq },
             "perplex_overrides": side.overrides,
             "perplex": sp,
             "pytorch": sy,
@@ -714,11 +755,12 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
         "settings": {
             "pairs": p.pairs, "warmup": p.warmup, "steps": p.steps, "threads": p.threads,
             "device": p.device, "quick": a.quick, "levels": p.levels, "overrides": a.overrides,
+            "model": format!("{:?}", p.model).to_lowercase(), "precision": p.precision.name(),
         },
         "reference": script,
         "python": python,
         "perplex": perplex,
-        "flop_formula": "3 * (2*3*(E*H + H*H)*B*T [+ (L-1)*2*3*2*H*H*B*T] + 2*H*V*B*T)",
+        "flop_source": "perplex summary.json utilisation.model_flops_per_token (LanguageModel::flops_per_token) x tokens per step",
         "ceiling": {
             "shape": [ceiling_shape.0, ceiling_shape.1, ceiling_shape.2],
             "before": ceiling_before,
@@ -736,9 +778,14 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
         p.device, p.threads, load_start[0], load_end[0], ceil,
         ceiling_shape.0, ceiling_shape.1, ceiling_shape.1, ceiling_shape.2
     );
+    println!(
+        "model {:?}, precision {} on both sides",
+        p.model,
+        p.precision.name()
+    );
     if !a.overrides.is_empty() {
         println!(
-            "perplex side with --set {} (the PyTorch reference runs unchanged, in float32)",
+            "perplex side with --set {} (the PyTorch reference runs unchanged)",
             a.overrides.join(" --set ")
         );
     }
@@ -837,19 +884,6 @@ fn table(level: &str, e: &Value, p: &Plan, ceil: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seed_model_word_level_is_about_85_gflop_per_step() {
-        let s = Shapes {
-            embedding: 256.0,
-            hidden: 512.0,
-            layers: 1.0,
-            batch: 64.0,
-            seq: 35.0,
-        };
-        let g = flop_per_step(&s, 10_001.0) / 1e9;
-        assert!((g - 84.7).abs() < 0.1, "{g}");
-    }
 
     #[test]
     fn tracing_fields_are_read_with_or_without_quotes() {
