@@ -85,6 +85,14 @@ pub enum DataError {
         /// What is wrong with it.
         message: String,
     },
+    /// A token file (`perplex data prepare`'s output) or its header is malformed.
+    #[error("invalid token file {path}: {message}")]
+    InvalidTokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A corpus name that perplex does not know.
     #[error("unknown corpus `{name}`; known corpora: {known}")]
     UnknownCorpus {

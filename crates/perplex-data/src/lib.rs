@@ -29,6 +29,7 @@ pub mod error;
 pub mod fetch;
 pub mod source;
 pub mod stream;
+pub mod token_file;
 pub mod tokenizer;
 pub mod vocab;
 
@@ -39,5 +40,6 @@ pub use error::DataError;
 pub use fetch::{fetch_corpus, KnownCorpus, TINY_SHAKESPEARE};
 pub use source::DataSource;
 pub use stream::TokenStream;
+pub use token_file::{MmapTokens, TokenDtype, TokenFileHeader, TokenFileWriter};
 pub use tokenizer::{CharTokenizer, Tokenizer, WordTokenizer};
 pub use vocab::Vocabulary;
