@@ -6,7 +6,16 @@
 //! `[batch, seq, vocab]` logits or to fuse the projection (see `perplex-losses`).
 //!
 //! Models are built from config through the [`ModelConfig`] trait, registered with `typetag`
-//! (`type = "gru"`), so a plugin crate can add one without touching the trainer.
+//! by the `type` users write under `[model]`, so a plugin crate can add one without touching the
+//! trainer:
+//!
+//! | `type`          | config                  | model                                            |
+//! |-----------------|-------------------------|--------------------------------------------------|
+//! | `"gru"`         | [`GruLmConfig`]         | [`GruLm`]: `Embedding -> GRU -> Linear` (the seed model) |
+//! | `"lstm"`        | [`LstmLmConfig`]        | [`LstmLm`]: `Embedding -> LSTM -> Linear`        |
+//!
+//! Variables carry the PyTorch peers' state-dict names (`gru.weight_ih_l0`, ...), so a
+//! `model.safetensors` reads like a PyTorch checkpoint.
 //!
 //! ```no_run
 //! use perplex_model::{BuildContext, GruLmConfig, ModelConfig};
@@ -25,10 +34,13 @@
 
 pub mod error;
 pub mod gru;
+pub mod lstm;
 pub mod model;
+mod recurrent;
 
 pub use error::ModelError;
 pub use gru::{GruLm, GruLmConfig};
+pub use lstm::{LstmLm, LstmLmConfig};
 pub use model::{
     BuildContext, Decoder, HiddenState, LanguageModel, ModelConfig, ModelOutput, OutputHead,
 };
