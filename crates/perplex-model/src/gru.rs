@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use crate::model::check_input;
+use crate::recurrent::{uniform, RecurrentSizes};
 use crate::{
     BuildContext, HiddenState, LanguageModel, ModelConfig, ModelError, ModelOutput, OutputHead,
 };
@@ -20,6 +21,9 @@ pub struct GruLmConfig {
     /// Dropout on the embeddings, between GRU layers and on the GRU output, in `[0, 1)`.
     /// Default 0.
     pub dropout: f64,
+    /// The output head is the embedding (Press & Wolf 2017; `word_language_model --tied`): no
+    /// `out.weight`, only `out.bias`. Needs `embedding_dim == hidden_size`. Default false.
+    pub tie_weights: bool,
 }
 
 impl Default for GruLmConfig {
@@ -29,6 +33,7 @@ impl Default for GruLmConfig {
             hidden_size: 512,
             num_layers: 1,
             dropout: 0.0,
+            tie_weights: false,
         }
     }
 }
@@ -52,7 +57,7 @@ impl ModelConfig for GruLmConfig {
 /// PyTorch reference start from the same distribution.
 #[derive(Debug)]
 pub struct GruLm {
-    embedding: nn::Embedding,
+    embedding: Tensor,
     gru_weights: Vec<Tensor>,
     out_weight: Tensor,
     out_bias: Tensor,
@@ -62,50 +67,26 @@ pub struct GruLm {
 
 impl GruLm {
     /// Creates the variables under `path`: `embedding.weight`, `gru.weight_ih_l0` ...,
-    /// `out.weight`, `out.bias` (PyTorch's names, so checkpoints read like a state dict).
+    /// `out.weight` (untied only), `out.bias` (PyTorch's names, so checkpoints read like a state
+    /// dict).
     ///
     /// # Errors
-    /// [`ModelError::InvalidConfig`] for a non-positive size or a dropout outside `[0, 1)`.
+    /// [`ModelError::InvalidConfig`] for a non-positive size, a dropout outside `[0, 1)`, or
+    /// `tie_weights` with `embedding_dim != hidden_size`.
     pub fn new(path: &nn::Path, vocab_size: i64, config: &GruLmConfig) -> Result<Self, ModelError> {
-        let positive = |key, v: i64| {
-            if v > 0 {
-                Ok(())
-            } else {
-                Err(ModelError::InvalidConfig {
-                    key,
-                    value: v.to_string(),
-                    expected: "a positive integer",
-                })
-            }
-        };
-        positive("vocab_size", vocab_size)?;
-        positive("embedding_dim", config.embedding_dim)?;
-        positive("hidden_size", config.hidden_size)?;
-        positive("num_layers", config.num_layers)?;
-        if !(0.0..1.0).contains(&config.dropout) {
-            return Err(ModelError::InvalidConfig {
-                key: "dropout",
-                value: config.dropout.to_string(),
-                expected: "a probability in [0, 1)",
-            });
-        }
-        let (e, h) = (config.embedding_dim, config.hidden_size);
-        let embedding = nn::embedding(
-            path / "embedding",
+        let sizes = RecurrentSizes {
             vocab_size,
-            e,
-            nn::EmbeddingConfig {
-                ws_init: nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 1.0,
-                },
-                ..Default::default()
-            },
-        );
-        let uniform = |fan: i64| {
-            let k = 1.0 / (fan as f64).sqrt();
-            nn::Init::Uniform { lo: -k, up: k }
+            embedding_dim: config.embedding_dim,
+            hidden_size: config.hidden_size,
+            num_layers: config.num_layers,
+            dropout: config.dropout,
+            tie_weights: config.tie_weights,
         };
+        sizes.validate()?;
+        let (e, h) = (config.embedding_dim, config.hidden_size);
+        // Variables are drawn in this order (embedding, GRU, head): an untied model starts from
+        // the same numbers for a given seed as before `tie_weights` existed.
+        let embedding = sizes.embedding(path);
         let g = path / "gru";
         let mut gru_weights = Vec::new();
         for layer in 0..config.num_layers {
@@ -115,9 +96,7 @@ impl GruLm {
             gru_weights.push(g.var(&format!("bias_ih_l{layer}"), &[3 * h], uniform(h)));
             gru_weights.push(g.var(&format!("bias_hh_l{layer}"), &[3 * h], uniform(h)));
         }
-        let o = path / "out";
-        let out_weight = o.var("weight", &[vocab_size, h], uniform(h));
-        let out_bias = o.var("bias", &[vocab_size], uniform(h));
+        let (out_weight, out_bias) = sizes.head(path, &embedding);
         Ok(Self {
             embedding,
             gru_weights,
@@ -176,8 +155,8 @@ impl LanguageModel for GruLm {
         // The fallible form of `Embedding::forward` (built with the default padding_idx -1,
         // scale_grad_by_freq false, sparse false): an id outside the vocabulary is an error,
         // not a panic.
-        let emb = Tensor::f_embedding(&self.embedding.ws, input, -1, false, false)?
-            .f_dropout(p, train)?;
+        let emb =
+            Tensor::f_embedding(&self.embedding, input, -1, false, false)?.f_dropout(p, train)?;
         let (hidden, h) = emb.f_gru(
             h0,
             &self.gru_weights,
@@ -223,7 +202,7 @@ mod tests {
             embedding_dim: 8,
             hidden_size: 16,
             num_layers: 2,
-            dropout: 0.0,
+            ..Default::default()
         };
         let m = cfg.build(&vs.root(), &BuildContext::new(50)).unwrap();
         let x = Tensor::zeros([3, 5], (Kind::Int64, Device::Cpu));
@@ -281,5 +260,97 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("hidden_size"));
+    }
+
+    fn tiny(tie_weights: bool) -> GruLmConfig {
+        GruLmConfig {
+            embedding_dim: 6,
+            hidden_size: 6,
+            num_layers: 2,
+            tie_weights,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_untied_gru_starts_from_the_same_numbers_as_before_tie_weights_existed() {
+        // Sums of each variable and of the logits for seed 42, recorded before `tie_weights`
+        // was added (draw order: embedding, GRU layers, out.weight, out.bias).
+        let expected = [
+            ("embedding.weight", 5.276002161204815),
+            ("gru.bias_hh_l0", -1.135610692203045),
+            ("gru.bias_hh_l1", -1.0825517065823078),
+            ("gru.bias_ih_l0", 0.04073846619576216),
+            ("gru.bias_ih_l1", -0.13248451612889767),
+            ("gru.weight_hh_l0", -4.338272114749998),
+            ("gru.weight_hh_l1", 2.212119656149298),
+            ("gru.weight_ih_l0", -4.230744687607512),
+            ("gru.weight_ih_l1", -2.5908216387033463),
+            ("out.bias", 0.11935732886195183),
+            ("out.weight", -3.620683495886624),
+        ];
+        tch::manual_seed(42);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = tiny(false)
+            .build(&vs.root(), &BuildContext::new(11))
+            .unwrap();
+        let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+        let variables = vs.variables();
+        assert_eq!(variables.len(), expected.len());
+        for (name, value) in expected {
+            let got = sum(&variables[name]);
+            assert!((got - value).abs() < 1e-12, "{name}: {got} != {value}");
+        }
+        let x = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([2, 3]);
+        let out = m
+            .forward(&x, &m.initial_state(2, Device::Cpu), false)
+            .unwrap();
+        assert!((sum(&out.logits()) - 6.660416595637798).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_config_written_before_tie_weights_still_loads_untied() {
+        let old = r#"{"type": "gru", "embedding_dim": 8, "hidden_size": 16, "num_layers": 1, "dropout": 0.0}"#;
+        let cfg: Box<dyn ModelConfig> = serde_json::from_str(old).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        cfg.build(&vs.root(), &BuildContext::new(10)).unwrap();
+        assert!(vs.variables().contains_key("out.weight"));
+    }
+
+    #[test]
+    fn a_tied_head_is_the_embedding_and_only_out_bias_is_added() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = tiny(true)
+            .build(&vs.root(), &BuildContext::new(11))
+            .unwrap();
+        let names = vs.variables();
+        assert!(!names.contains_key("out.weight") && names.contains_key("out.bias"));
+        let x = Tensor::from_slice(&[1i64, 2, 3]).view([1, 3]);
+        let out = m
+            .forward(&x, &m.initial_state(1, Device::Cpu), false)
+            .unwrap();
+        assert_eq!(
+            out.head.weight.data_ptr(),
+            names["embedding.weight"].data_ptr()
+        );
+    }
+
+    #[test]
+    fn tying_different_widths_names_both() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = GruLmConfig {
+            tie_weights: true,
+            ..Default::default()
+        };
+        let err = cfg
+            .build(&vs.root(), &BuildContext::new(10))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tie_weights")
+                && err.contains("embedding_dim = 256")
+                && err.contains("hidden_size = 512"),
+            "{err}"
+        );
     }
 }

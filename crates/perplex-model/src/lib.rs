@@ -6,7 +6,19 @@
 //! `[batch, seq, vocab]` logits or to fuse the projection (see `perplex-losses`).
 //!
 //! Models are built from config through the [`ModelConfig`] trait, registered with `typetag`
-//! (`type = "gru"`), so a plugin crate can add one without touching the trainer.
+//! by the `type` users write under `[model]`, so a plugin crate can add one without touching the
+//! trainer:
+//!
+//! | `type`          | config                  | model                                            |
+//! |-----------------|-------------------------|--------------------------------------------------|
+//! | `"gru"`         | [`GruLmConfig`]         | [`GruLm`]: `Embedding -> GRU -> Linear` (the seed model) |
+//! | `"lstm"`        | [`LstmLmConfig`]        | [`LstmLm`]: `Embedding -> LSTM -> Linear`        |
+//! | `"transformer"` | [`TransformerLmConfig`] | [`TransformerLm`]: GPT-style decoder, learned or rotary positions |
+//!
+//! Variables carry the PyTorch peers' state-dict names (`gru.weight_ih_l0`,
+//! `blocks.0.qkv.weight`, ...), so a `model.safetensors` reads like a PyTorch checkpoint.
+//! Generation goes through [`LanguageModel::decoder`]: the recurrent models carry their state,
+//! the Transformer keeps a key/value cache.
 //!
 //! ```no_run
 //! use perplex_model::{BuildContext, GruLmConfig, ModelConfig};
@@ -21,14 +33,38 @@
 //! let logits = out.logits(); // [64, 35, 10001]
 //! # Ok::<(), perplex_model::ModelError>(())
 //! ```
+//!
+//! A Transformer generating: the decoder reads the prompt, then one token at a time.
+//!
+//! ```
+//! use perplex_model::{BuildContext, ModelConfig, TransformerLmConfig};
+//! use tch::{nn, Device, Tensor};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let context = BuildContext::new(65).with_seq_len(64); // refused beyond block_size (64)
+//! let model = TransformerLmConfig::default().build(&vs.root(), &context)?;
+//! let mut decoder = model.decoder(1, Device::Cpu);
+//! let prompt = Tensor::from_slice(&[20i64, 43, 50]).view([1, 3]);
+//! let logits = tch::no_grad(|| decoder.feed(&prompt))?; // [1, 65], float32
+//! let next = logits.argmax(-1, true); // [1, 1]: feed it back
+//! let logits = tch::no_grad(|| decoder.feed(&next))?;
+//! assert_eq!(logits.size(), [1, 65]);
+//! # Ok::<(), perplex_model::ModelError>(())
+//! ```
 #![warn(missing_docs)]
 
 pub mod error;
 pub mod gru;
+pub mod lstm;
 pub mod model;
+mod recurrent;
+mod rotary;
+pub mod transformer;
 
 pub use error::ModelError;
 pub use gru::{GruLm, GruLmConfig};
+pub use lstm::{LstmLm, LstmLmConfig};
 pub use model::{
     BuildContext, Decoder, HiddenState, LanguageModel, ModelConfig, ModelOutput, OutputHead,
 };
+pub use transformer::{Positions, TransformerLm, TransformerLmConfig};
