@@ -415,6 +415,25 @@ pub(crate) fn load_weights(
             )));
         }
     }
+    // A tensor the model has no variable for would be dropped silently (a separate output head
+    // loaded into a model whose head is tied to its embedding): refused, named.
+    let mut extra: Vec<&String> = saved
+        .keys()
+        .filter(|k| !variables.iter().any(|(n, _)| n == *k))
+        .collect();
+    extra.sort();
+    if !extra.is_empty() {
+        return Err(mismatch(format!(
+            "the file holds {} the model does not have ({}; a different model type, or \
+             `tie_weights` changed?)",
+            if extra.len() == 1 {
+                "a tensor"
+            } else {
+                "tensors"
+            },
+            names(extra.into_iter())
+        )));
+    }
     tch::no_grad(|| -> Result<(), TrainerError> {
         for (name, mut var) in variables {
             var.f_copy_(&saved[&name]).map_err(|e| {
@@ -475,6 +494,7 @@ mod tests {
             hidden_size: 16,
             num_layers: 1,
             dropout: 0.0,
+            tie_weights: false,
         });
         std::fs::write(dir.path().join(CONFIG), config.to_toml().unwrap()).unwrap();
         let tokens = TokenizerKind::Char.tokenizer().tokenize(text);
@@ -567,6 +587,27 @@ mod tests {
         assert_eq!(loaded.weights, ckpt.join(WEIGHTS));
     }
 
+    /// A separate output head saved beside the model's variables (a model trained with
+    /// `tie_weights = false`, loaded into one that ties) is refused, not dropped.
+    #[test]
+    fn a_tensor_the_model_does_not_have_is_refused_by_name() {
+        let (dir, m) = tiny_run(TEXT);
+        let mut tensors: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
+        tensors.push((
+            "head.weight".into(),
+            Tensor::zeros([3, 4], tch::kind::FLOAT_CPU),
+        ));
+        let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Tensor::write_safetensors(&refs, dir.path().join(WEIGHTS)).unwrap();
+        let e = LoadedModel::load(dir.path(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`head.weight`") && e.contains("tie_weights"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn weights_of_another_shape_name_the_tensor_and_both_shapes() {
         let (dir, m) = tiny_run(TEXT);
@@ -576,6 +617,7 @@ mod tests {
             hidden_size: 12,
             num_layers: 1,
             dropout: 0.0,
+            tie_weights: false,
         };
         let _model = config
             .build(&other.root(), &BuildContext::new(m.vocab.len() as i64))
