@@ -1,5 +1,6 @@
 //! `perplex`: train and inspect language models.
 mod chart;
+mod data;
 mod eval;
 mod generate;
 mod lr_find;
@@ -10,7 +11,6 @@ mod train;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// Train language models on libtorch, from Rust.
@@ -55,15 +55,9 @@ enum Command {
     LrFind(lr_find::LrFindArgs),
     /// List every registered loss (built-in and plugins) with a one-line description.
     Losses,
-    /// Fetch a named corpus into the data directory (from $PERPLEX_DATA_MIRROR when set, else
-    /// its public source), verifying its SHA-256.
-    Data {
-        /// Corpus name, e.g. `tinyshakespeare`.
-        name: String,
-        /// Directory to put it in.
-        #[arg(long, default_value = "data")]
-        data_dir: PathBuf,
-    },
+    /// Fetch a named corpus into the data directory (verifying its SHA-256), or tokenize a
+    /// corpus once into memory-mapped token files (`perplex data prepare`).
+    Data(data::DataArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,12 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Data { name, data_dir } => {
-            let path = perplex_data::fetch_corpus(&name, &data_dir)
-                .with_context(|| format!("fetching corpus `{name}`"))?;
-            println!("{}", path.display());
-            Ok(())
-        }
+        Command::Data(args) => data::run(args),
     }
 }
 

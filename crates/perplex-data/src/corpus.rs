@@ -76,6 +76,9 @@ pub struct DataConfig {
     /// random offsets, nothing carried; [`crate::RandomWindows`]). Validation and test are
     /// always read in order, every token once. Default `bptt`.
     pub loader: LoaderKind,
+    /// A directory written by `perplex data prepare` (token files read memory-mapped, see
+    /// [`crate::PreparedData`]); when set, the corpus options above are not read. Default none.
+    pub prepared: Option<PathBuf>,
 }
 
 impl Default for DataConfig {
@@ -94,6 +97,7 @@ impl Default for DataConfig {
             seq_len: 35,
             eval_batch_size: None,
             loader: LoaderKind::Bptt,
+            prepared: None,
         }
     }
 }

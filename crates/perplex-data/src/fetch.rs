@@ -146,6 +146,20 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
+    readable_by_all(tmp.as_file()).map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Gives a temporary file (created 0600) the mode of a file written with `File::create` under
+/// the usual umask, 0644, before it is renamed into place.
+pub(crate) fn readable_by_all(file: &std::fs::File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
     Ok(())
 }

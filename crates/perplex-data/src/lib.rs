@@ -27,6 +27,7 @@ pub mod batches;
 pub mod corpus;
 pub mod error;
 pub mod fetch;
+pub mod prepared;
 pub mod source;
 pub mod stream;
 pub mod token_file;
@@ -38,7 +39,8 @@ pub use batches::{collect_epoch, Batch, Batches, Cursor, LoaderKind, RandomWindo
 pub use corpus::{DataConfig, LmData, TokenizerKind};
 pub use error::DataError;
 pub use fetch::{fetch_corpus, KnownCorpus, TINY_SHAKESPEARE};
-pub use source::DataSource;
+pub use prepared::{prepare, PrepareReport, PreparedData, StreamWindows};
+pub use source::{open_source, DataSource};
 pub use stream::TokenStream;
 pub use token_file::{MmapTokens, TokenDtype, TokenFileHeader, TokenFileWriter};
 pub use tokenizer::{CharTokenizer, Tokenizer, WordTokenizer};

@@ -28,6 +28,9 @@ pub trait DataSource: std::fmt::Debug + Send {
 
     /// Test windows on `device`, when there is a test split.
     fn test_batches(&self, device: Device) -> Option<Result<Box<dyn Batches>, DataError>>;
+
+    /// Tokens in the train, valid and test splits (0 without a test split), for the log.
+    fn split_tokens(&self) -> [usize; 3];
 }
 
 impl DataSource for LmData {
@@ -50,4 +53,47 @@ impl DataSource for LmData {
     fn test_batches(&self, device: Device) -> Option<Result<Box<dyn Batches>, DataError>> {
         LmData::test_batches(self, device).map(|r| r.map(|b| Box::new(b) as Box<dyn Batches>))
     }
+
+    fn split_tokens(&self) -> [usize; 3] {
+        let n = |t: &tch::Tensor| t.size().first().copied().unwrap_or(0) as usize;
+        [
+            n(&self.train),
+            n(&self.valid),
+            self.test.as_ref().map_or(0, n),
+        ]
+    }
+}
+
+/// The data source that `config` describes: the token files of `config.prepared`
+/// ([`crate::PreparedData`]), else the corpus read and tokenized in memory ([`LmData`]).
+/// `vocab` (a run's own, when resuming or evaluating) is used instead of one built from the
+/// training split; prepared files must have been made with that same vocabulary.
+///
+/// # Errors
+/// As [`LmData::load_with_vocab`] and [`crate::PreparedData::open`]; a `vocab` that is not the
+/// prepared files'.
+pub fn open_source(
+    config: &crate::DataConfig,
+    vocab: Option<Vocabulary>,
+) -> Result<Box<dyn DataSource>, DataError> {
+    if config.prepared.is_none() {
+        return Ok(Box::new(LmData::load_with_vocab(config, vocab)?));
+    }
+    let data = crate::PreparedData::open(config)?;
+    if let Some(v) = vocab.filter(|v| *v != data.vocab) {
+        let dir = config
+            .prepared
+            .as_deref()
+            .unwrap_or(std::path::Path::new("."));
+        return Err(DataError::InvalidVocabulary {
+            path: dir.join("vocab.json"),
+            message: format!(
+                "the run's vocabulary ({} tokens) is not the one these token files were made \
+                 with ({} tokens)",
+                v.len(),
+                data.vocab.len()
+            ),
+        });
+    }
+    Ok(Box::new(data))
 }

@@ -156,6 +156,7 @@ impl TokenFileWriter {
             .into_inner()
             .map_err(|e| io(&self.path, e.into_error()))?;
         file.sync_all().map_err(|e| io(&self.path, e))?;
+        crate::fetch::readable_by_all(&file).map_err(|e| io(&self.path, e))?;
         let header = TokenFileHeader {
             version: 1,
             vocab_size: self.vocab_size,
@@ -178,6 +179,7 @@ impl TokenFileWriter {
             })
             .map_err(|e| io(&head, e))?;
         tmp.write_all(&json).map_err(|e| io(&head, e))?;
+        crate::fetch::readable_by_all(tmp.as_file()).map_err(|e| io(&head, e))?;
         tmp.persist(&head).map_err(|e| io(&head, e.error))?;
         Ok(header)
     }

@@ -134,6 +134,34 @@ impl LoadedModel {
     /// [`TrainerError::Config`] for another split name or a corpus without a test split;
     /// [`TrainerError::Data`] when the corpus cannot be read.
     pub fn split_ids(&self, split: &str) -> Result<Tensor, TrainerError> {
+        if self.config.data.prepared.is_some() {
+            // Token files made with the run's vocabulary (checked when they are opened).
+            let data = perplex_data::PreparedData::open(&self.config.data)?;
+            if data.vocab != self.vocab {
+                return Err(TrainerError::Config {
+                    source_name: "data.prepared".into(),
+                    message: "the token files were made with another vocabulary than the run's \
+                              vocab.json"
+                        .into(),
+                });
+            }
+            return match data.split_ids(split) {
+                Some(ids) => Ok(ids?),
+                None => Err(TrainerError::Config {
+                    source_name: "split".into(),
+                    message: format!(
+                        "no `{split}` split in {}: expected `valid`, or `test` when the corpus \
+                         was prepared with a test split",
+                        self.config
+                            .data
+                            .prepared
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new("."))
+                            .display()
+                    ),
+                }),
+            };
+        }
         let data = LmData::load_with_vocab(&self.config.data, Some(self.vocab.clone()))?;
         let ids = match split {
             "valid" => data.valid.shallow_clone(),

@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
-use perplex_data::{Batch, Batches, Cursor, DataSource, LmData};
+use perplex_data::{Batch, Batches, Cursor, DataSource};
 use perplex_losses::Loss;
 use perplex_model::{BuildContext, HiddenState, LanguageModel};
 use perplex_optim::{LrSchedule, NamedParams, Optimizer};
@@ -289,23 +289,24 @@ impl Trainer {
             });
         }
         tch::manual_seed(tc.seed);
-        let data = LmData::load_with_vocab(&config.data, vocab)?;
+        let data = perplex_data::open_source(&config.data, vocab)?;
+        let [train_tokens, valid_tokens, test_tokens] = data.split_tokens();
         tracing::info!(
-            vocab = data.vocab.len(),
-            tokenizer = ?data.tokenizer,
-            train_tokens = data.train.size1()?,
-            valid_tokens = data.valid.size1()?,
-            test_tokens = data.test.as_ref().map(|t| t.size()[0]),
-            valid_unk_rate = format!("{:.4}", data.valid_unk_rate),
+            vocab = data.vocab().len(),
+            tokenizer = ?data.tokenizer(),
+            train_tokens,
+            valid_tokens,
+            test_tokens,
+            prepared = config.data.prepared.as_ref().map(|p| p.display().to_string()),
             "data loaded"
         );
         let vs = nn::VarStore::new(device);
-        let context = BuildContext::new(data.vocab.len() as i64)
+        let context = BuildContext::new(data.vocab().len() as i64)
             .with_seq_len(config.data.seq_len as i64)
             .with_device(device);
         let model = config.model.build(&vs.root(), &context)?;
         // The loss's options, checked with the real vocabulary before any file is written.
-        crate::config::check_loss(config.loss.as_ref(), data.vocab.len() as i64, false)?;
+        crate::config::check_loss(config.loss.as_ref(), data.vocab().len() as i64, false)?;
         if tc.precision == Precision::Bf16 {
             if device == Device::Cpu && !crate::precision::cpu_has_native_bf16() {
                 tracing::warn!(
@@ -327,10 +328,10 @@ impl Trainer {
         let teacher = tc
             .teacher
             .as_deref()
-            .map(|t| Teacher::load(t, &data.vocab, device))
+            .map(|t| Teacher::load(t, data.vocab(), device))
             .transpose()?;
         let config_toml = config.to_toml()?;
-        let mut trainer = Self::new(Box::new(data), vs, model, config.loss, optimizer, tc);
+        let mut trainer = Self::new(data, vs, model, config.loss, optimizer, tc);
         trainer.schedule = schedule;
         trainer.teacher = teacher;
         trainer.config_toml = config_toml;

@@ -1,0 +1,646 @@
+//! `perplex data prepare`: a corpus tokenized once into token files, streaming with bounded
+//! memory, and the data source that trains from them memory-mapped.
+//!
+//! [`prepare`] reads the corpus in chunks of whole lines three times (count the tokens, rank the
+//! training range's vocabulary, encode), so its memory holds one chunk and the vocabulary's
+//! counts, never the corpus; it writes `train.bin`, `valid.bin` (and `test.bin`) with their JSON
+//! headers and `vocab.json` into one directory. The ids equal those [`crate::LmData::load`]
+//! gives for the same `[data]` options, split for split.
+//!
+//! [`PreparedData`] (`data.prepared = "dir"`) maps those files ([`MmapTokens`]): the training
+//! split is read by the configured loader (random windows or BPTT streams), validation and test
+//! in BPTT order, every token once.
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tch::{Device, Tensor};
+
+use crate::token_file::{MmapTokens, TokenFileWriter};
+use crate::{
+    fetch, Batch, Batches, Cursor, DataConfig, DataError, DataSource, LoaderKind, RandomWindows,
+    TokenIds, TokenizerKind, Vocabulary,
+};
+
+/// Bytes of text tokenized at a time.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Calls `f` with the text of `path` in chunks of whole lines, such that tokenizing the chunks
+/// one by one gives the tokens of the whole text. A line-based tokenizer (`word`: `<eos>` per
+/// line, as Python's `split('\n')`) gets chunks cut at a line break that is left out (`keep_newline
+/// = false`); a tokenizer that reads the line break as a token (`char`) gets it at the end of
+/// the chunk.
+///
+/// # Errors
+/// [`DataError::NotFound`]/[`DataError::Io`], [`DataError::InvalidUtf8`] with the byte offset.
+pub fn for_each_chunk(
+    path: &Path,
+    keep_newline: bool,
+    f: &mut dyn FnMut(&str) -> Result<(), DataError>,
+) -> Result<(), DataError> {
+    chunks_of(path, keep_newline, CHUNK_BYTES, f)
+}
+
+fn chunks_of(
+    path: &Path,
+    keep_newline: bool,
+    chunk_bytes: usize,
+    f: &mut dyn FnMut(&str) -> Result<(), DataError>,
+) -> Result<(), DataError> {
+    let mut file = std::fs::File::open(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => DataError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    let mut pending: Vec<u8> = Vec::with_capacity(chunk_bytes * 2);
+    let mut offset = 0usize;
+    let mut buf = vec![0u8; chunk_bytes];
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        pending.extend_from_slice(&buf[..n]);
+        let cut = if n == 0 {
+            None
+        } else {
+            pending.iter().rposition(|&b| b == b'\n')
+        };
+        let (chunk_end, next_start) = match cut {
+            Some(i) if keep_newline => (i + 1, i + 1),
+            Some(i) => (i, i + 1),
+            None if n == 0 => (pending.len(), pending.len()),
+            None => continue,
+        };
+        let text =
+            std::str::from_utf8(&pending[..chunk_end]).map_err(|e| DataError::InvalidUtf8 {
+                path: path.to_path_buf(),
+                offset: offset + e.valid_up_to(),
+            })?;
+        f(text)?;
+        offset += next_start;
+        pending.drain(..next_start);
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Where each split's tokens come from.
+enum Sources {
+    /// One file cut at token fractions.
+    One(PathBuf),
+    /// Separate files.
+    Files {
+        train: PathBuf,
+        valid: PathBuf,
+        test: Option<PathBuf>,
+    },
+}
+
+fn sources(config: &DataConfig) -> Result<Sources, DataError> {
+    config.validate()?;
+    if let Some(train) = &config.train {
+        return Ok(Sources::Files {
+            train: train.clone(),
+            valid: config
+                .valid
+                .clone()
+                .expect("validated: valid is set with train"),
+            test: config.test.clone(),
+        });
+    }
+    Ok(Sources::One(match &config.path {
+        Some(p) => p.clone(),
+        None => fetch::fetch_corpus(
+            config.corpus.as_deref().unwrap_or("tinyshakespeare"),
+            &config.data_dir,
+        )?,
+    }))
+}
+
+/// What [`prepare`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrepareReport {
+    /// The output directory.
+    pub dir: PathBuf,
+    /// Vocabulary size (with `<unk>`).
+    pub vocab_size: usize,
+    /// Tokens per split: train, valid, test.
+    pub tokens: [u64; 3],
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// Tokenizes the corpus of `config` into token files in `out` (created if missing): see the
+/// module documentation. Existing files of the same names are replaced only once their
+/// replacements are complete.
+///
+/// # Errors
+/// What [`crate::LmData::load`] returns for the same options (missing file, invalid UTF-8, an
+/// empty corpus), and write errors naming the file.
+pub fn prepare(config: &DataConfig, out: &Path) -> Result<PrepareReport, DataError> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(out).map_err(|source| DataError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let tokenizer = config.tokenizer.tokenizer();
+    let keep_newline = config.tokenizer == TokenizerKind::Char;
+    let each = |path: &Path, f: &mut dyn FnMut(&str)| -> Result<(), DataError> {
+        for_each_chunk(path, keep_newline, &mut |text| {
+            tokenizer.for_each_token(text, f);
+            Ok(())
+        })
+    };
+    // Ranked as `Vocabulary::build` ranks: by count, then first position in the training range.
+    let mut stats: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut count_train = |t: &str, pos: usize| match stats.get_mut(t) {
+        Some(s) => s.0 += 1,
+        None => {
+            stats.insert(t.to_string(), (1, pos));
+        }
+    };
+    let src = sources(config)?;
+    let train_end: Option<(usize, usize)> = match &src {
+        Sources::One(path) => {
+            let mut n = 0usize;
+            each(path, &mut |_| n += 1)?;
+            let f = &config.splits;
+            let n_train = (f[0] * n as f64) as usize;
+            let n_valid_end = if f.len() == 3 {
+                ((f[0] + f[1]) * n as f64) as usize
+            } else {
+                n
+            };
+            let mut pos = 0usize;
+            each(path, &mut |t| {
+                if pos < n_train {
+                    count_train(t, pos);
+                }
+                pos += 1;
+            })?;
+            Some((n_train, n_valid_end))
+        }
+        Sources::Files { train, .. } => {
+            let mut pos = 0usize;
+            each(train, &mut |t| {
+                count_train(t, pos);
+                pos += 1;
+            })?;
+            None
+        }
+    };
+    stats.remove(Vocabulary::UNK);
+    let mut ranked: Vec<(String, (usize, usize))> = stats.into_iter().collect();
+    ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.1 .1.cmp(&b.1 .1)));
+    if config.max_vocab_size > 0 {
+        ranked.truncate(config.max_vocab_size);
+    }
+    let vocab = Vocabulary::from_ranked(ranked.iter().map(|(t, _)| t.as_str()));
+    drop(ranked);
+    let name = format!("{:?}", config.tokenizer).to_lowercase();
+    let writer = |split: &str| {
+        TokenFileWriter::create(&out.join(format!("{split}.bin")), vocab.len(), &name)
+    };
+    let has_test = match &src {
+        Sources::One(_) => config.splits.len() == 3,
+        Sources::Files { test, .. } => test.is_some(),
+    };
+    let mut writers = vec![writer("train")?, writer("valid")?];
+    if has_test {
+        writers.push(writer("test")?);
+    }
+    let mut failed: Option<DataError> = None;
+    let mut buffers: Vec<Vec<u32>> = vec![Vec::with_capacity(1 << 16); writers.len()];
+    let mut push = |split: usize, t: &str, writers: &mut Vec<TokenFileWriter>| {
+        buffers[split].push(vocab.id(t) as u32);
+        if buffers[split].len() == buffers[split].capacity() {
+            if let Err(e) = writers[split].write(&buffers[split]) {
+                failed.get_or_insert(e);
+            }
+            buffers[split].clear();
+        }
+    };
+    match &src {
+        Sources::One(path) => {
+            let (n_train, n_valid_end) = train_end.expect("one file has split points");
+            let mut pos = 0usize;
+            each(path, &mut |t| {
+                let split = if pos < n_train {
+                    0
+                } else if pos < n_valid_end {
+                    1
+                } else {
+                    2
+                };
+                push(split, t, &mut writers);
+                pos += 1;
+            })?;
+        }
+        Sources::Files { train, valid, test } => {
+            each(train, &mut |t| push(0, t, &mut writers))?;
+            each(valid, &mut |t| push(1, t, &mut writers))?;
+            if let Some(test) = test {
+                each(test, &mut |t| push(2, t, &mut writers))?;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut tokens = [0u64; 3];
+    for (i, (mut w, rest)) in writers.into_iter().zip(buffers).enumerate() {
+        w.write(&rest)?;
+        tokens[i] = w.tokens();
+        if w.tokens() == 0 {
+            return Err(DataError::SplitTooSmall {
+                split: ["train", "valid", "test"][i].into(),
+                tokens: 0,
+                needed: config.seq_len + 1,
+                batch_size: config.batch_size,
+                seq_len: config.seq_len,
+            });
+        }
+        w.finish()?;
+    }
+    vocab.save(&out.join("vocab.json"))?;
+    Ok(PrepareReport {
+        dir: out.to_path_buf(),
+        vocab_size: vocab.len(),
+        tokens,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// BPTT windows read from token ids in place (no tensor of the whole split): the layout of
+/// [`crate::BpttBatches`] (row `b` holds tokens `b·n .. (b+1)·n`, window `i` columns
+/// `i·seq_len ..`), each batch copied out of the ids when asked for. The recurrent state is
+/// carried across windows.
+#[derive(Debug, Clone)]
+pub struct StreamWindows {
+    ids: Arc<dyn TokenIds>,
+    rows: std::ops::Range<usize>,
+    columns: usize,
+    seq_len: usize,
+    windows: usize,
+    device: Device,
+}
+
+impl StreamWindows {
+    /// As [`crate::BpttBatches::new`], over `ids`.
+    ///
+    /// # Errors
+    /// [`DataError::SplitTooSmall`] naming `split`.
+    pub fn new(
+        ids: Arc<dyn TokenIds>,
+        batch_size: usize,
+        seq_len: usize,
+        drop_last: bool,
+        split: &str,
+        device: Device,
+    ) -> Result<Self, DataError> {
+        let tokens = ids.len();
+        let columns = tokens / batch_size.max(1);
+        let needed = if drop_last { seq_len + 1 } else { 2 };
+        if batch_size == 0 || seq_len == 0 || columns < needed {
+            return Err(DataError::SplitTooSmall {
+                split: split.to_string(),
+                tokens,
+                needed: batch_size * needed,
+                batch_size,
+                seq_len,
+            });
+        }
+        let steps = columns - 1;
+        let windows = if drop_last {
+            steps / seq_len
+        } else {
+            steps.div_ceil(seq_len)
+        };
+        Ok(Self {
+            ids,
+            rows: 0..batch_size,
+            columns,
+            seq_len,
+            windows,
+            device,
+        })
+    }
+
+    fn window_len(&self, index: usize) -> usize {
+        self.seq_len.min(self.columns - 1 - index * self.seq_len)
+    }
+}
+
+impl Batches for StreamWindows {
+    fn len(&self) -> usize {
+        self.windows
+    }
+
+    fn batch_size(&self) -> i64 {
+        self.rows.len() as i64
+    }
+
+    fn seq_len(&self) -> i64 {
+        self.seq_len as i64
+    }
+
+    fn carries_state(&self) -> bool {
+        true
+    }
+
+    fn tokens_per_pass(&self) -> usize {
+        (0..self.windows).map(|i| self.window_len(i)).sum::<usize>() * self.rows.len()
+    }
+
+    fn get(&self, cursor: Cursor) -> Result<Option<Batch>, DataError> {
+        if cursor.index >= self.windows {
+            return Ok(None);
+        }
+        let len = self.window_len(cursor.index);
+        let width = len + 1;
+        let mut buf = vec![0i64; self.rows.len() * width];
+        for (row, out) in self.rows.clone().zip(buf.chunks_exact_mut(width)) {
+            self.ids
+                .copy_window(row * self.columns + cursor.index * self.seq_len, out);
+        }
+        let w = Tensor::f_from_slice(&buf)?
+            .f_view([self.rows.len() as i64, width as i64])?
+            .f_to_device(self.device)?;
+        Ok(Some(Batch {
+            inputs: w.f_narrow(1, 0, len as i64)?,
+            targets: w.f_narrow(1, 1, len as i64)?,
+            index: cursor.index,
+        }))
+    }
+
+    fn shard(&self, rank: usize, world_size: usize) -> Result<Box<dyn Batches>, DataError> {
+        let local = crate::batches::shard_rows(self.rows.len(), rank, world_size)?;
+        let mut s = self.clone();
+        s.rows = self.rows.start + local.start..self.rows.start + local.end;
+        Ok(Box::new(s))
+    }
+}
+
+/// A corpus prepared by [`prepare`], read memory-mapped (`data.prepared = "dir"`).
+#[derive(Debug)]
+pub struct PreparedData {
+    /// The vocabulary of the token files (`dir/vocab.json`).
+    pub vocab: Vocabulary,
+    train: Arc<MmapTokens>,
+    valid: Arc<MmapTokens>,
+    test: Option<Arc<MmapTokens>>,
+    config: DataConfig,
+}
+
+impl PreparedData {
+    /// Maps the token files of `config.prepared`.
+    ///
+    /// # Errors
+    /// Missing or malformed files, named; a header whose tokenizer or vocabulary size is not the
+    /// config's or `vocab.json`'s; a split too small for one batch.
+    pub fn open(config: &DataConfig) -> Result<Self, DataError> {
+        let dir = config.prepared.as_deref().ok_or(DataError::InvalidConfig {
+            key: "prepared",
+            value: "(unset)".into(),
+            expected: "the directory `perplex data prepare` wrote".into(),
+        })?;
+        let vocab = Vocabulary::load(&dir.join("vocab.json"))?;
+        let open = |split: &str| -> Result<Arc<MmapTokens>, DataError> {
+            let m = MmapTokens::open(&dir.join(format!("{split}.bin")))?;
+            let h = m.header();
+            let name = format!("{:?}", config.tokenizer).to_lowercase();
+            if h.vocab_size != vocab.len() || h.tokenizer != name {
+                return Err(DataError::InvalidTokenFile {
+                    path: m.path().to_path_buf(),
+                    message: format!(
+                        "made by the `{}` tokenizer for {} tokens, but data.tokenizer is `{name}` \
+                         and vocab.json has {} tokens: prepare the corpus again",
+                        h.tokenizer,
+                        h.vocab_size,
+                        vocab.len()
+                    ),
+                });
+            }
+            Ok(Arc::new(m))
+        };
+        let data = Self {
+            train: open("train")?,
+            valid: open("valid")?,
+            test: if dir.join("test.bin").exists() {
+                Some(open("test")?)
+            } else {
+                None
+            },
+            vocab,
+            config: config.clone(),
+        };
+        data.train_batches(Device::Cpu, 0)?;
+        data.valid_batches(Device::Cpu)?;
+        Ok(data)
+    }
+
+    /// Tokens per split: train, valid, test (0 without a test split).
+    pub fn tokens(&self) -> [usize; 3] {
+        [
+            self.train.len(),
+            self.valid.len(),
+            self.test.as_ref().map_or(0, |t| t.len()),
+        ]
+    }
+
+    /// The ids of `split` (`valid` or `test`) as int64 `[n]` (for scoring one split); `None`
+    /// for an unknown split or a missing test split.
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn split_ids(&self, split: &str) -> Option<Result<Tensor, DataError>> {
+        let m = match split {
+            "valid" => &self.valid,
+            "test" => self.test.as_ref()?,
+            _ => return None,
+        };
+        let mut ids = vec![0i64; m.len()];
+        m.copy_window(0, &mut ids);
+        Some(Tensor::f_from_slice(&ids).map_err(DataError::from))
+    }
+
+    fn eval(
+        &self,
+        ids: &Arc<MmapTokens>,
+        split: &str,
+        device: Device,
+    ) -> Result<StreamWindows, DataError> {
+        let c = &self.config;
+        let ids: Arc<dyn TokenIds> = ids.clone();
+        StreamWindows::new(
+            ids,
+            c.eval_batch_size.unwrap_or(c.batch_size),
+            c.seq_len,
+            false,
+            split,
+            device,
+        )
+    }
+}
+
+impl DataSource for PreparedData {
+    fn vocab(&self) -> &Vocabulary {
+        &self.vocab
+    }
+
+    fn tokenizer(&self) -> TokenizerKind {
+        self.config.tokenizer
+    }
+
+    fn train_batches(&self, device: Device, seed: u64) -> Result<Box<dyn Batches>, DataError> {
+        let c = &self.config;
+        let ids: Arc<dyn TokenIds> = self.train.clone();
+        Ok(match c.loader {
+            LoaderKind::Bptt => Box::new(StreamWindows::new(
+                ids,
+                c.batch_size,
+                c.seq_len,
+                true,
+                "train",
+                device,
+            )?),
+            LoaderKind::RandomWindows => Box::new(RandomWindows::new(
+                ids,
+                c.batch_size,
+                c.seq_len,
+                seed,
+                "train",
+                device,
+            )?),
+        })
+    }
+
+    fn valid_batches(&self, device: Device) -> Result<Box<dyn Batches>, DataError> {
+        Ok(Box::new(self.eval(&self.valid, "valid", device)?))
+    }
+
+    fn split_tokens(&self) -> [usize; 3] {
+        self.tokens()
+    }
+
+    fn test_batches(&self, device: Device) -> Option<Result<Box<dyn Batches>, DataError>> {
+        self.test.as_ref().map(|t| {
+            self.eval(t, "test", device)
+                .map(|b| Box::new(b) as Box<dyn Batches>)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{collect_epoch, LmData};
+
+    fn corpus(dir: &Path) -> PathBuf {
+        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, \
+                    speak.\n\u{e9}t\u{e9} <unk> caf\u{e9}\n"
+            .repeat(60);
+        let p = dir.join("c.txt");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Every split of a prepared corpus holds exactly the ids `LmData::load` gives, and the
+    /// loaders read the same batches from the mapped files as from the in-memory tensors.
+    #[test]
+    fn prepared_ids_equal_in_memory_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = corpus(dir.path());
+        for (tokenizer, cap, splits) in [
+            (TokenizerKind::Word, 0, vec![0.8, 0.1, 0.1]),
+            (TokenizerKind::Char, 0, vec![0.9, 0.1]),
+            (TokenizerKind::Word, 5, vec![0.9, 0.1]),
+        ] {
+            let mut config = DataConfig {
+                path: Some(path.clone()),
+                tokenizer,
+                max_vocab_size: cap,
+                splits,
+                batch_size: 4,
+                seq_len: 8,
+                ..DataConfig::default()
+            };
+            let out = dir.path().join(format!("prep-{tokenizer:?}-{cap}"));
+            let report = prepare(&config, &out).unwrap();
+            let mem = LmData::load(&config).unwrap();
+            config.prepared = Some(out.clone());
+            let prep = PreparedData::open(&config).unwrap();
+            assert_eq!(prep.vocab, mem.vocab);
+            assert_eq!(report.vocab_size, mem.vocab.len());
+            let want = |t: &Tensor| Vec::<i64>::try_from(t).unwrap();
+            let got = |m: &Arc<MmapTokens>| {
+                let mut v = vec![0i64; m.len()];
+                m.copy_window(0, &mut v);
+                v
+            };
+            assert_eq!(got(&prep.train), want(&mem.train), "{tokenizer:?} train");
+            assert_eq!(got(&prep.valid), want(&mem.valid), "{tokenizer:?} valid");
+            if let Some(t) = &mem.test {
+                assert_eq!(got(prep.test.as_ref().unwrap()), want(t));
+            }
+            let a = collect_epoch(mem.train_loader(Device::Cpu, 3).unwrap().as_ref(), 1).unwrap();
+            let b = collect_epoch(prep.train_batches(Device::Cpu, 3).unwrap().as_ref(), 1).unwrap();
+            assert_eq!(a, b, "{tokenizer:?} bptt train batches");
+            let a = collect_epoch(&mem.valid_batches(Device::Cpu).unwrap(), 1).unwrap();
+            let b = collect_epoch(prep.valid_batches(Device::Cpu).unwrap().as_ref(), 1).unwrap();
+            assert_eq!(a, b, "{tokenizer:?} valid batches");
+        }
+    }
+
+    #[test]
+    fn chunks_cut_at_line_breaks_tokenize_as_the_whole_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.txt");
+        let text = "a b\n\nc, d\n\u{e9}\n".repeat(3_000);
+        std::fs::write(&p, &text).unwrap();
+        for kind in [TokenizerKind::Word, TokenizerKind::Char] {
+            let tok = kind.tokenizer();
+            let whole = tok.tokenize(&text);
+            let mut parts = Vec::new();
+            let mut chunks = 0;
+            chunks_of(&p, kind == TokenizerKind::Char, 1000, &mut |c| {
+                chunks += 1;
+                tok.tokenize_into(c, &mut parts);
+                Ok(())
+            })
+            .unwrap();
+            assert!(chunks > 30, "{chunks}");
+            assert_eq!(parts, whole, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_header_of_another_tokenizer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = DataConfig {
+            path: Some(corpus(dir.path())),
+            tokenizer: TokenizerKind::Char,
+            batch_size: 2,
+            seq_len: 4,
+            ..DataConfig::default()
+        };
+        let out = dir.path().join("p");
+        prepare(&config, &out).unwrap();
+        config.prepared = Some(out);
+        config.tokenizer = TokenizerKind::Word;
+        let msg = PreparedData::open(&config).unwrap_err().to_string();
+        assert!(
+            msg.contains("`char` tokenizer") && msg.contains("prepare"),
+            "{msg}"
+        );
+    }
+}
