@@ -191,7 +191,16 @@ pub struct MmapTokens {
     map: memmap2::Mmap,
     header: TokenFileHeader,
     path: PathBuf,
+    /// Windows read since the mapped pages were last released (see [`RELEASE_EVERY`]).
+    reads: std::sync::atomic::AtomicUsize,
 }
+
+/// Windows read between two releases of the mapped pages. A page fault on a file the page cache
+/// holds in large folios maps the whole folio (up to megabytes) into the process, so random
+/// windows would grow the resident set with the corpus; dropping the mappings now and then
+/// (`MADV_DONTNEED`: the pages stay in the page cache, the next read maps them again) keeps it
+/// bounded.
+pub const RELEASE_EVERY: usize = 16;
 
 impl MmapTokens {
     /// Maps `path` (a `.bin` file) after reading and checking its header.
@@ -218,6 +227,10 @@ impl MmapTokens {
             path: path.to_path_buf(),
             source: e,
         })?;
+        // Windows are read at scattered offsets: without this, each page fault reads ahead
+        // (megabytes on some disks) and the resident set grows with the corpus.
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Random);
         let expected = header.tokens as usize * header.dtype.width();
         if map.len() != expected {
             return Err(DataError::InvalidTokenFile {
@@ -236,6 +249,7 @@ impl MmapTokens {
             map,
             header,
             path: path.to_path_buf(),
+            reads: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -256,6 +270,15 @@ impl TokenIds for MmapTokens {
     }
 
     fn copy_window(&self, start: usize, out: &mut [i64]) {
+        use std::sync::atomic::Ordering;
+        if self.reads.fetch_add(1, Ordering::Relaxed) + 1 >= RELEASE_EVERY {
+            self.reads.store(0, Ordering::Relaxed);
+            // SAFETY: a read-only mapping of a file: after MADV_DONTNEED its pages are read again
+            // from the file (the page cache) on the next access, with the same contents; no
+            // reference into the mapping outlives this call's own reads below.
+            #[cfg(unix)]
+            let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
         let w = self.header.dtype.width();
         let bytes = &self.map[start * w..(start + out.len()) * w];
         match self.header.dtype {
