@@ -10,7 +10,7 @@
 //! plus a z-loss, clipping gradients, reports validation perplexity before and after, and
 //! greedily continues a prompt.
 use anyhow::Result;
-use perplex_data::{Cursor, DataConfig, LmData, TokenizerKind};
+use perplex_data::{CharTokenizer, Cursor, DataConfig, LmData, Tokenizer, TokenizerKind};
 use perplex_losses::{Loss, LossInput};
 use perplex_model::{BuildContext, GruLmConfig, LanguageModel, ModelConfig};
 use perplex_optim::{clip_grad_norm, AdamConfig, OptimizerConfig};
@@ -116,9 +116,7 @@ fn main() -> Result<()> {
     // Generation through the model's own decoder (recurrent carry for the GRU; a key/value
     // cache for a Transformer): greedy, 60 characters after a prompt.
     let prompt = "ROMEO:\n";
-    let mut ids = data
-        .vocab
-        .encode(&TokenizerKind::Char.tokenizer().tokenize(prompt));
+    let mut ids = data.vocab.encode(&CharTokenizer.tokenize(prompt));
     tch::no_grad(|| -> Result<()> {
         let mut decoder = model.decoder(1, device);
         let mut input = Tensor::from_slice(&ids).to_device(device).view([1, -1]);

@@ -68,7 +68,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             let text = perplex_data::corpus::read_text(&path).with_context(|| {
                 format!("reading --split {file} (not `valid` or `test`, so a file)")
             })?;
-            (model.encode(&text), path.display().to_string())
+            (model.encode(&text)?, path.display().to_string())
         }
     };
     let n = ids.size1()? as usize;
@@ -92,9 +92,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let losses = model.token_losses(&ids, batch_size, seq_len)?;
     let unit = model.tokenizer_kind().unit();
+    let unk = model.vocab.unk_id();
     let unknown = Vec::<i64>::try_from(&ids)?
         .iter()
-        .filter(|&&i| i == 0)
+        .filter(|&&i| Some(i) == unk)
         .count();
 
     let sum: f64 = losses.iter().map(|t| t.nll).sum();
@@ -169,10 +170,11 @@ fn surprising(
     worst.sort_by(|a, b| b.nll.total_cmp(&a.nll));
     worst.truncate(top);
     let context_tokens = match model.tokenizer_kind() {
-        perplex_data::TokenizerKind::Word => 6,
+        perplex_data::TokenizerKind::Word | perplex_data::TokenizerKind::Whitespace => 6,
+        perplex_data::TokenizerKind::Bpe => 8,
         perplex_data::TokenizerKind::Char => 24,
     };
-    let tokenizer = model.tokenizer_kind().tokenizer();
+    let tokenizer = model.tokenizer()?;
     let mut s = String::new();
     writeln!(s, "most surprising {}s:", model.tokenizer_kind().unit())?;
     writeln!(

@@ -110,7 +110,10 @@ fn unknown_names_list_the_registered_ones() {
         ("optim.type=adamx", "`adam`, `adamw`"),
         ("schedule.type=cosin", "`warmup_cosine`"),
         ("loss.type=xent", "`softmax_cross_entropy`"),
-        ("data.tokenizer=bpe", "accepted tokenizers: `word`, `char`"),
+        (
+            "data.tokenizer=sentencepiece",
+            "accepted tokenizers: `word`, `char`, `whitespace`, `bpe`",
+        ),
     ] {
         let o = perplex(dir.path())
             .args(["train", "--dry-run", "--set", set])

@@ -1,12 +1,15 @@
 //! Corpus loading: files, splits, vocabulary and token ids.
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::batch::ids_to_tensor;
+use crate::hf::HfTokenizer;
 use crate::stream::TokenStream;
-use crate::tokenizer::{CharTokenizer, Tokenizer, WordTokenizer};
+use crate::tokenizer::{CharTokenizer, Tokenizer, WhitespaceTokenizer, WordTokenizer};
 use crate::{fetch, Batches, BpttBatches, DataError, LoaderKind, RandomWindows, Vocabulary};
 
 /// Which tokenizer turns text into tokens.
@@ -18,21 +21,52 @@ pub enum TokenizerKind {
     Word,
     /// Unicode characters ([`CharTokenizer`]).
     Char,
+    /// Runs of non-whitespace, `<eos>` at each line end, `<unk>` kept as the unknown token: the
+    /// WikiText convention ([`WhitespaceTokenizer`]).
+    Whitespace,
+    /// A Hugging Face tokenizer ([`HfTokenizer`]): a byte-level BPE of `max_vocab_size` tokens
+    /// trained on the training split, or the file `tokenizer_file`. Its ids are the model's.
+    Bpe,
 }
 
 impl TokenizerKind {
-    /// The tokenizer itself.
-    pub fn tokenizer(self) -> Box<dyn Tokenizer> {
+    /// The rule-based tokenizer, or `None` for `bpe`, whose tokenizer is trained or loaded and
+    /// travels with its vocabulary ([`TokenizerKind::for_vocab`]).
+    pub fn tokenizer(self) -> Option<Box<dyn Tokenizer>> {
         match self {
-            Self::Word => Box::new(WordTokenizer::new()),
-            Self::Char => Box::new(CharTokenizer),
+            Self::Word => Some(Box::new(WordTokenizer::new())),
+            Self::Char => Some(Box::new(CharTokenizer)),
+            Self::Whitespace => Some(Box::new(WhitespaceTokenizer)),
+            Self::Bpe => None,
+        }
+    }
+
+    /// The tokenizer that gives `vocab`'s ids: the rule-based one, or `vocab`'s Hugging Face
+    /// tokenizer for `bpe`.
+    ///
+    /// # Errors
+    /// [`DataError::InvalidConfig`] for `bpe` with a vocabulary that has no tokenizer (one
+    /// built from counts).
+    pub fn for_vocab(self, vocab: &Vocabulary) -> Result<Arc<dyn Tokenizer>, DataError> {
+        if let Some(rules) = self.tokenizer() {
+            return Ok(Arc::from(rules));
+        }
+        match vocab.hf_tokenizer() {
+            Some(hf) => Ok(hf.clone() as Arc<dyn Tokenizer>),
+            None => Err(DataError::InvalidConfig {
+                key: "tokenizer",
+                value: "bpe".into(),
+                expected: "a vocabulary with its tokenizer.json (this one was built from word \
+                           counts)"
+                    .into(),
+            }),
         }
     }
 
     /// The unit of a per-token score: `token` or `character`.
     pub fn unit(self) -> &'static str {
         match self {
-            Self::Word => "token",
+            Self::Word | Self::Whitespace | Self::Bpe => "token",
             Self::Char => "character",
         }
     }
@@ -61,9 +95,14 @@ pub struct DataConfig {
     /// Fractions of the token stream for train/valid(/test), in order: 2 or 3 numbers summing to
     /// at most 1. Default `[0.9, 0.1]`.
     pub splits: Vec<f64>,
-    /// `word` or `char`. Default `word`.
+    /// `word`, `char`, `whitespace` or `bpe`. Default `word`.
     pub tokenizer: TokenizerKind,
-    /// Most frequent training tokens kept, `<unk>` not counted; 0 keeps all. Default 10000.
+    /// A Hugging Face `tokenizer.json` to use instead of training one (needs
+    /// `tokenizer = "bpe"`); copied into the run directory. Default none.
+    pub tokenizer_file: Option<PathBuf>,
+    /// `word`, `char`, `whitespace`: most frequent training tokens kept, `<unk>` not counted;
+    /// 0 keeps all. `bpe`: the BPE vocabulary size (at least 256: the byte tokens count).
+    /// Default 10000.
     pub max_vocab_size: usize,
     /// Rows per batch (independent token streams). Default 64.
     pub batch_size: usize,
@@ -92,6 +131,7 @@ impl Default for DataConfig {
             test: None,
             splits: vec![0.9, 0.1],
             tokenizer: TokenizerKind::Word,
+            tokenizer_file: None,
             max_vocab_size: 10_000,
             batch_size: 64,
             seq_len: 35,
@@ -141,6 +181,16 @@ impl DataConfig {
                 "both `train` and `valid` files, or neither",
             );
         }
+        if let (Some(file), false) = (&self.tokenizer_file, self.tokenizer == TokenizerKind::Bpe) {
+            return bad(
+                "tokenizer_file",
+                file.display().to_string(),
+                "a Hugging Face tokenizer, which needs tokenizer = \"bpe\"",
+            );
+        }
+        if self.tokenizer == TokenizerKind::Bpe && self.tokenizer_file.is_none() {
+            HfTokenizer::check_bpe_vocab_size(self.max_vocab_size)?;
+        }
         if let (Some(_), Some(path)) = (&self.train, &self.path) {
             return bad(
                 "path",
@@ -184,7 +234,8 @@ impl LmData {
     /// As [`LmData::load`], but with a given vocabulary instead of one built from the training
     /// split: a run's own `vocab.json` (the vocabulary is part of the model), so resuming or
     /// evaluating a run encodes the corpus exactly as training did, whatever the corpus now holds
-    /// (unknown tokens become `<unk>`).
+    /// (unknown tokens become `<unk>`). For `tokenizer = "bpe"` the vocabulary carries the run's
+    /// `tokenizer.json`, which is used as it is: never retrained.
     ///
     /// # Errors
     /// As [`LmData::load`].
@@ -193,49 +244,24 @@ impl LmData {
         vocab: Option<Vocabulary>,
     ) -> Result<Self, DataError> {
         config.validate()?;
-        let tokenizer = config.tokenizer.tokenizer();
-        // Token ids, never one String per token: interned as read, ranked, then remapped.
-        let mut stream = TokenStream::new();
-        let mut read = |p: &Path| -> Result<std::ops::Range<usize>, DataError> {
-            let range = stream.push_text(tokenizer.as_ref(), &read_text(p)?);
-            if stream.all_are(range.clone(), WordTokenizer::EOS) {
-                // A file of only newlines gives only <eos> tokens: as empty as an empty file.
-                return Err(DataError::EmptyCorpus {
-                    path: p.to_path_buf(),
-                });
-            }
-            Ok(range)
+        let source = Source::of(config)?;
+        let encoded = match config.tokenizer.tokenizer() {
+            Some(rules) => encode_rule_based(config, &source, rules.as_ref(), vocab)?,
+            None => encode_hf(config, &source, vocab)?,
         };
-        let (train, valid, test) = if let Some(train) = &config.train {
-            let valid = config
-                .valid
-                .as_ref()
-                .expect("validated: valid is set with train");
-            let train = read(train)?;
-            let valid = read(valid)?;
-            let test = config.test.as_deref().map(&mut read).transpose()?;
-            (train, valid, test)
-        } else {
-            let path = match &config.path {
-                Some(p) => p.clone(),
-                None => {
-                    let name = config.corpus.as_deref().unwrap_or("tinyshakespeare");
-                    fetch::fetch_corpus(name, &config.data_dir)?
-                }
-            };
-            split(read(&path)?, &config.splits)
-        };
-        let vocab = vocab.unwrap_or_else(|| {
-            let cap = (config.max_vocab_size > 0).then_some(config.max_vocab_size);
-            stream.vocabulary(train.clone(), cap)
-        });
-        let valid_ids = stream.encode(valid, &vocab);
+        let Encoded {
+            vocab,
+            train,
+            valid,
+            test,
+        } = encoded;
+        let unk = vocab.unk_id();
         let valid_unk_rate =
-            valid_ids.iter().filter(|&&i| i == 0).count() as f64 / valid_ids.len().max(1) as f64;
+            valid.iter().filter(|&&i| Some(i) == unk).count() as f64 / valid.len().max(1) as f64;
         let data = Self {
-            train: ids_to_tensor(&stream.encode(train, &vocab)),
-            valid: ids_to_tensor(&valid_ids),
-            test: test.map(|t| ids_to_tensor(&stream.encode(t, &vocab))),
+            train: ids_to_tensor(&train),
+            valid: ids_to_tensor(&valid),
+            test: test.map(|t| ids_to_tensor(&t)),
             vocab,
             tokenizer: config.tokenizer,
             valid_unk_rate,
@@ -302,9 +328,225 @@ impl LmData {
     /// Tokenizes and encodes a text (a prompt, a file to evaluate) with this corpus's tokenizer
     /// and vocabulary: int64 `[n]`.
     pub fn encode_text(&self, text: &str) -> Tensor {
-        let toks = self.tokenizer.tokenizer().tokenize(text);
-        ids_to_tensor(&self.vocab.encode(&toks))
+        let tokenizer = self
+            .tokenizer
+            .for_vocab(&self.vocab)
+            .expect("loaded data has the tokenizer of its vocabulary");
+        ids_to_tensor(&self.vocab.encode(&tokenizer.tokenize(text)))
     }
+}
+
+/// Where the text of a corpus is.
+enum Source {
+    /// Separate files per split.
+    Files {
+        train: PathBuf,
+        valid: PathBuf,
+        test: Option<PathBuf>,
+    },
+    /// One file cut by `splits`.
+    One(PathBuf),
+}
+
+impl Source {
+    /// The files `config` names, fetching a named corpus into `data_dir` when missing.
+    fn of(config: &DataConfig) -> Result<Self, DataError> {
+        if let Some(train) = &config.train {
+            let valid = config
+                .valid
+                .clone()
+                .expect("validated: valid is set with train");
+            return Ok(Self::Files {
+                train: train.clone(),
+                valid,
+                test: config.test.clone(),
+            });
+        }
+        Ok(Self::One(match &config.path {
+            Some(p) => p.clone(),
+            None => {
+                let name = config.corpus.as_deref().unwrap_or("tinyshakespeare");
+                fetch::fetch_corpus(name, &config.data_dir)?
+            }
+        }))
+    }
+}
+
+/// The ids of each split and the vocabulary they are in.
+struct Encoded {
+    vocab: Vocabulary,
+    train: Vec<i64>,
+    valid: Vec<i64>,
+    test: Option<Vec<i64>>,
+}
+
+/// Word, whitespace and character level: the whole file tokenized (as interned ids, never one
+/// `String` per token), the token stream cut by `splits`, the vocabulary ranked from the
+/// training tokens' counts (unless given).
+fn encode_rule_based(
+    config: &DataConfig,
+    source: &Source,
+    tokenizer: &dyn Tokenizer,
+    vocab: Option<Vocabulary>,
+) -> Result<Encoded, DataError> {
+    let mut stream = TokenStream::new();
+    let mut read = |p: &Path| -> Result<std::ops::Range<usize>, DataError> {
+        let range = stream.push_text(tokenizer, &read_text(p)?);
+        if stream.all_are(range.clone(), WordTokenizer::EOS) {
+            // A file of only newlines gives only <eos> tokens: as empty as an empty file.
+            return Err(DataError::EmptyCorpus {
+                path: p.to_path_buf(),
+            });
+        }
+        Ok(range)
+    };
+    let (train, valid, test) = match source {
+        Source::Files { train, valid, test } => {
+            let train = read(train)?;
+            let valid = read(valid)?;
+            let test = test.as_deref().map(&mut read).transpose()?;
+            (train, valid, test)
+        }
+        Source::One(path) => split(read(path)?, &config.splits),
+    };
+    let vocab = vocab.unwrap_or_else(|| {
+        let cap = (config.max_vocab_size > 0).then_some(config.max_vocab_size);
+        stream.vocabulary(train.clone(), cap)
+    });
+    Ok(Encoded {
+        train: stream.encode(train, &vocab),
+        valid: stream.encode(valid, &vocab),
+        test: test.map(|t| stream.encode(t, &vocab)),
+        vocab,
+    })
+}
+
+/// A Hugging Face tokenizer: the text cut into splits first (one file is cut by characters, as
+/// nanoGPT's `prepare.py` does, since the tokens are not known before the tokenizer is
+/// trained), the tokenizer taken from `vocab`, read from `tokenizer_file`, or trained on the
+/// training text only; then each split encoded, a chunk of lines at a time, into the
+/// tokenizer's own ids.
+fn encode_hf(
+    config: &DataConfig,
+    source: &Source,
+    vocab: Option<Vocabulary>,
+) -> Result<Encoded, DataError> {
+    let read = |p: &Path| -> Result<String, DataError> {
+        let text = read_text(p)?;
+        if text.trim().is_empty() {
+            return Err(DataError::EmptyCorpus {
+                path: p.to_path_buf(),
+            });
+        }
+        Ok(text)
+    };
+    // (file, text) per split; one file's text is held once and cut into slices of it.
+    let whole;
+    let files;
+    let (train, valid, test): (Part, Part, Option<Part>) = match source {
+        Source::Files { train, valid, test } => {
+            let test_text = test.as_deref().map(read).transpose()?;
+            files = (read(train)?, read(valid)?, test_text);
+            (
+                (train, files.0.as_str()),
+                (valid, files.1.as_str()),
+                test.as_deref().zip(files.2.as_deref()),
+            )
+        }
+        Source::One(path) => {
+            whole = read(path)?;
+            let (a, b, c) = split_text(&whole, &config.splits);
+            ((path, a), (path, b), c.map(|c| (path.as_path(), c)))
+        }
+    };
+    let vocab = match vocab {
+        Some(v) => {
+            warn_if_tokenizer_file_differs(config, &v);
+            v
+        }
+        None => Vocabulary::from_hf(Arc::new(hf_tokenizer(config, train.1)?))?,
+    };
+    let hf = vocab
+        .hf_tokenizer()
+        .ok_or_else(|| DataError::InvalidConfig {
+            key: "tokenizer",
+            value: "bpe".into(),
+            expected: "a vocabulary with its tokenizer.json (the given one was built from word \
+                       counts)"
+                .into(),
+        })?
+        .clone();
+    let encode = |(path, text): (&Path, &str)| -> Result<Vec<i64>, DataError> {
+        let started = std::time::Instant::now();
+        let ids: Vec<i64> = hf.encode(text)?.into_iter().map(i64::from).collect();
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::debug!(
+            file = %path.display(),
+            tokens = ids.len(),
+            tokens_per_second = format!("{:.0}", ids.len() as f64 / seconds.max(1e-9)),
+            "encoded"
+        );
+        if ids.is_empty() {
+            return Err(DataError::EmptyCorpus {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(ids)
+    };
+    Ok(Encoded {
+        train: encode(train)?,
+        valid: encode(valid)?,
+        test: test.map(encode).transpose()?,
+        vocab,
+    })
+}
+
+/// A split's text and the file it comes from.
+type Part<'a> = (&'a Path, &'a str);
+
+/// The tokenizer of a new run: `tokenizer_file`, or a byte-level BPE of `max_vocab_size`
+/// tokens trained on `train_text`.
+fn hf_tokenizer(config: &DataConfig, train_text: &str) -> Result<HfTokenizer, DataError> {
+    if let Some(file) = &config.tokenizer_file {
+        let hf = HfTokenizer::from_file(file)?;
+        tracing::info!(file = %file.display(), vocab = hf.vocab_size(), "tokenizer loaded");
+        return Ok(hf);
+    }
+    let started = std::time::Instant::now();
+    let hf = HfTokenizer::train_byte_level_bpe(train_text, config.max_vocab_size)?;
+    tracing::info!(
+        vocab = hf.vocab_size(),
+        max_vocab_size = config.max_vocab_size,
+        train_bytes = train_text.len(),
+        seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "byte-level BPE trained on the training split"
+    );
+    Ok(hf)
+}
+
+/// A resumed or evaluated run reads its own `tokenizer.json`; says so when `tokenizer_file`
+/// now holds another tokenizer.
+fn warn_if_tokenizer_file_differs(config: &DataConfig, vocab: &Vocabulary) {
+    let (Some(file), Some(own)) = (&config.tokenizer_file, vocab.hf_tokenizer()) else {
+        return;
+    };
+    if read_text(file).ok().as_deref() != Some(own.json()) {
+        tracing::warn!(
+            tokenizer_file = %file.display(),
+            "data.tokenizer_file differs from the run's own tokenizer.json, which is used"
+        );
+    }
+}
+
+/// Cuts `text` by `fractions` of its characters (train, valid[, test]) at `int(f · n)`, as
+/// nanoGPT's `prepare.py` cuts its text before encoding it with a BPE.
+fn split_text<'t>(text: &'t str, fractions: &[f64]) -> (&'t str, &'t str, Option<&'t str>) {
+    let n = text.chars().count();
+    let byte_at = |k: usize| text.char_indices().nth(k).map_or(text.len(), |(b, _)| b);
+    let (a, b, c) = split(0..n, fractions);
+    let (a, b) = (byte_at(a.end), byte_at(b.end));
+    let test = c.map(|_| &text[b..]);
+    (&text[..a], &text[a..b], test)
 }
 
 /// Splits the token range `all` by `fractions` (train, valid[, test]), cutting at `int(f · n)` as
@@ -353,5 +595,17 @@ mod tests {
         assert_eq!((a, b, c), (0..9, 9..10, None));
         let (a, b, c) = split(5..15, &[0.8, 0.1, 0.1]);
         assert_eq!((a, b, c), (5..13, 13..14, Some(14..15)));
+    }
+
+    #[test]
+    fn text_splits_cut_at_characters() {
+        assert_eq!(
+            split_text("abcdéfghij", &[0.5, 0.5]),
+            ("abcdé", "fghij", None)
+        );
+        assert_eq!(
+            split_text("日本語のテキストです", &[0.8, 0.1, 0.1]),
+            ("日本語のテキスト", "で", Some("す"))
+        );
     }
 }

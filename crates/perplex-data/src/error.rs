@@ -93,6 +93,14 @@ pub enum DataError {
         /// What is wrong with it.
         message: String,
     },
+    /// A Hugging Face tokenizer could not be read, trained, or used.
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer {
+        /// The `tokenizer.json` file, or what was being done (`(training)`, `(encoding)`).
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A corpus name that perplex does not know.
     #[error("unknown corpus `{name}`; known corpora: {known}")]
     UnknownCorpus {

@@ -1,6 +1,14 @@
 //! Language-model data for perplex: text corpora, tokenizers, vocabularies and data loaders.
 //!
-//! The pipeline is `text file -> Tokenizer -> Vocabulary -> token ids -> loader`. A loader
+//! The pipeline is `text file -> Tokenizer -> Vocabulary -> token ids -> loader`. Tokenizers
+//! ([`TokenizerKind`]): `word` ([`WordTokenizer`]), `char` ([`CharTokenizer`]), `whitespace`
+//! ([`WhitespaceTokenizer`], WikiText's convention: `<unk>` in the text is the unknown token) and
+//! `bpe` ([`HfTokenizer`], a Hugging Face tokenizer: a byte-level BPE trained on the training
+//! split, or any `tokenizer.json` given as `tokenizer_file`). The first three build their
+//! [`Vocabulary`] from the training split's counts, `<unk>` at id 0; a Hugging Face tokenizer's
+//! vocabulary is the tokenizer's own tokens in its id order ([`Vocabulary::from_hf`]), so the
+//! model's ids are exactly those Python's `tokenizers` gives, and it travels with the vocabulary
+//! (`tokenizer.json` beside `vocab.json`). A loader
 //! implements [`Batches`]: it yields int64 `[batch, seq]` inputs and targets by [`Cursor`]
 //! (epoch, index), which a checkpoint records, and cuts itself into the shard of one process
 //! ([`Batches::shard`]). Two loaders: [`BpttBatches`] (PyTorch's `word_language_model`: the
@@ -28,6 +36,7 @@ pub mod corpus;
 pub mod error;
 pub mod fetch;
 pub mod prepared;
+pub mod hf;
 pub mod source;
 pub mod stream;
 pub mod token_file;
@@ -39,9 +48,10 @@ pub use batches::{collect_epoch, Batch, Batches, Cursor, LoaderKind, RandomWindo
 pub use corpus::{DataConfig, LmData, TokenizerKind};
 pub use error::DataError;
 pub use fetch::{fetch_corpus, KnownCorpus, TINY_SHAKESPEARE};
+pub use hf::HfTokenizer;
 pub use prepared::{prepare, PrepareReport, PreparedData, StreamWindows};
 pub use source::{open_source, DataSource};
 pub use stream::TokenStream;
 pub use token_file::{MmapTokens, TokenDtype, TokenFileHeader, TokenFileWriter};
-pub use tokenizer::{CharTokenizer, Tokenizer, WordTokenizer};
+pub use tokenizer::{CharTokenizer, Tokenizer, WhitespaceTokenizer, WordTokenizer};
 pub use vocab::Vocabulary;

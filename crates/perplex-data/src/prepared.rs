@@ -152,8 +152,19 @@ pub fn prepare(config: &DataConfig, out: &Path) -> Result<PrepareReport, DataErr
         path: out.to_path_buf(),
         source,
     })?;
-    let tokenizer = config.tokenizer.tokenizer();
-    let keep_newline = config.tokenizer == TokenizerKind::Char;
+    let tokenizer = config
+        .tokenizer
+        .tokenizer()
+        .ok_or_else(|| DataError::InvalidConfig {
+            key: "tokenizer",
+            value: format!("{:?}", config.tokenizer).to_lowercase(),
+            expected: "word, char or whitespace for `perplex data prepare` (byte-level BPE \
+                       token files are not written yet: train a `bpe` run from the text)"
+                .into(),
+        })?;
+    // `word` reads lines as Python's `split('\n')` (a trailing empty line has its `<eos>`): its
+    // chunks leave the cut line break out; `char` and `whitespace` keep it.
+    let keep_newline = config.tokenizer != TokenizerKind::Word;
     let each = |path: &Path, f: &mut dyn FnMut(&str)| -> Result<(), DataError> {
         for_each_chunk(path, keep_newline, &mut |text| {
             tokenizer.for_each_token(text, f);
@@ -564,6 +575,7 @@ mod tests {
             (TokenizerKind::Word, 0, vec![0.8, 0.1, 0.1]),
             (TokenizerKind::Char, 0, vec![0.9, 0.1]),
             (TokenizerKind::Word, 5, vec![0.9, 0.1]),
+            (TokenizerKind::Whitespace, 0, vec![0.9, 0.1]),
         ] {
             let mut config = DataConfig {
                 path: Some(path.clone()),
@@ -607,12 +619,16 @@ mod tests {
         let p = dir.path().join("t.txt");
         let text = "a b\n\nc, d\n\u{e9}\n".repeat(3_000);
         std::fs::write(&p, &text).unwrap();
-        for kind in [TokenizerKind::Word, TokenizerKind::Char] {
-            let tok = kind.tokenizer();
+        for kind in [
+            TokenizerKind::Word,
+            TokenizerKind::Char,
+            TokenizerKind::Whitespace,
+        ] {
+            let tok = kind.tokenizer().unwrap();
             let whole = tok.tokenize(&text);
             let mut parts = Vec::new();
             let mut chunks = 0;
-            chunks_of(&p, kind == TokenizerKind::Char, 1000, &mut |c| {
+            chunks_of(&p, kind != TokenizerKind::Word, 1000, &mut |c| {
                 chunks += 1;
                 tok.tokenize_into(c, &mut parts);
                 Ok(())

@@ -1,4 +1,5 @@
-//! Word-level and character-level tokenizers.
+//! Rule-based tokenizers: word level, whitespace (WikiText's convention) and character level.
+//! The Hugging Face tokenizers are in [`crate::hf`].
 use regex::Regex;
 
 /// Splits text into tokens.
@@ -85,6 +86,41 @@ impl Tokenizer for WordTokenizer {
     }
 }
 
+/// Whitespace tokenizer, the WikiText convention (PyTorch's `word_language_model` `data.py`:
+/// `line.split() + ['<eos>']` for every line): tokens are the maximal runs of non-whitespace,
+/// and `<eos>` ends every line, empty lines included. Lines are Python's: a text ending with a
+/// newline has no empty last line (`"a\nb\n"` gives `a <eos> b <eos>`; the word tokenizer,
+/// following the reference script's `text.split('\n')`, gives a third `<eos>` there). Tokens in
+/// the text such as WikiText's `<unk>` and `@-@` stay one token each, and `<unk>` is the
+/// vocabulary's unknown token (id 0), as in the published WikiText results.
+#[derive(Debug, Clone, Default)]
+pub struct WhitespaceTokenizer;
+
+impl Tokenizer for WhitespaceTokenizer {
+    fn for_each_token(&self, text: &str, f: &mut dyn FnMut(&str)) {
+        // `lines()` is Python's iteration over a file's lines (a `\r\n` ends a line too).
+        for line in text.lines() {
+            line.split_whitespace().for_each(&mut *f);
+            f(WordTokenizer::EOS);
+        }
+    }
+
+    fn detokenize(&self, tokens: &[&str]) -> String {
+        let mut s = String::new();
+        for t in tokens {
+            if *t == WordTokenizer::EOS {
+                s.push('\n');
+                continue;
+            }
+            if !s.is_empty() && !s.ends_with('\n') {
+                s.push(' ');
+            }
+            s.push_str(t);
+        }
+        s
+    }
+}
+
 /// Character-level tokenizer: every Unicode scalar value is a token, newlines included.
 #[derive(Debug, Clone, Default)]
 pub struct CharTokenizer;
@@ -113,6 +149,29 @@ mod tests {
         assert_eq!(
             toks,
             ["I'll", "go", ",", "sir", "!", "<eos>", "Nay", ".", "<eos>"]
+        );
+    }
+
+    #[test]
+    fn whitespace_tokenizer_keeps_wikitext_tokens_whole_and_ends_every_line() {
+        let text = " = Homarus = \n \n It is a <unk> lobster , 0 @.@ 7 @-@ 2 kg .\n\nend";
+        let toks = WhitespaceTokenizer.tokenize(text);
+        assert_eq!(
+            toks,
+            [
+                "=", "Homarus", "=", "<eos>", "<eos>", "It", "is", "a", "<unk>", "lobster", ",",
+                "0", "@.@", "7", "@-@", "2", "kg", ".", "<eos>", "<eos>", "end", "<eos>"
+            ]
+        );
+        // A final newline ends the last line; it does not start another.
+        assert_eq!(WhitespaceTokenizer.tokenize("a b\n"), ["a", "b", "<eos>"]);
+        assert_eq!(
+            WhitespaceTokenizer.tokenize("a\tb \r\n"),
+            ["a", "b", "<eos>"]
+        );
+        assert_eq!(
+            WhitespaceTokenizer.detokenize(&["a", "<unk>", "<eos>", "b", "<eos>"]),
+            "a <unk>\nb\n"
         );
     }
 

@@ -342,9 +342,15 @@ impl RunConfig {
             }
         };
         let d = &mut self.data;
-        for p in [&mut d.path, &mut d.train, &mut d.valid, &mut d.test]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut d.path,
+            &mut d.train,
+            &mut d.valid,
+            &mut d.test,
+            &mut d.tokenizer_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             abs(p);
         }
@@ -692,7 +698,7 @@ mod tests {
             ("[optim]\ntype = \"adamx\"\n", "optim.type: unknown optimiser `adamx`; registered optimisers: `adagrad`, `adam`, `adamw`, `rmsprop`, `sgd`"),
             ("[schedule]\ntype = \"cosin\"\n", "schedule.type: unknown schedule `cosin`; registered schedules: "),
             ("[loss]\ntype = \"xent\"\n", "loss.type: unknown loss `xent`; registered losses: "),
-            ("[data]\ntokenizer = \"bpe\"\n", "data.tokenizer: unknown tokenizer `bpe`; accepted tokenizers: `word`, `char`"),
+            ("[data]\ntokenizer = \"sentencepiece\"\n", "data.tokenizer: unknown tokenizer `sentencepiece`; accepted tokenizers: `word`, `char`, `whitespace`, `bpe`"),
         ] {
             let e = err(body, &[], &[]);
             assert!(e.message.starts_with(expected), "{e:?}");

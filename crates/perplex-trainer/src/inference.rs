@@ -1,14 +1,17 @@
 //! Using a trained model: load a run or checkpoint directory, score text, generate text.
 //!
-//! A run directory holds `config.toml`, `vocab.json` and `model.safetensors`; a checkpoint
-//! directory (`RUN/checkpoints/<name>/`) holds its own `model.safetensors` and shares the run's
-//! config and vocabulary, which [`LoadedModel::load`] finds up to two levels above it.
+//! A run directory holds `config.toml`, `vocab.json` (with `tokenizer.json` for
+//! `tokenizer = "bpe"`) and `model.safetensors`; a checkpoint directory
+//! (`RUN/checkpoints/<name>/`) holds its own `model.safetensors` and shares the run's config,
+//! vocabulary and tokenizer, which [`LoadedModel::load`] finds up to two levels above it.
 use std::path::{Path, PathBuf};
 
 use tch::{nn, Device, Kind, Tensor};
 
+use std::sync::Arc;
+
 use perplex_data::{
-    batch::ids_to_tensor, BpttBatches, LmData, TokenizerKind, Vocabulary, WordTokenizer,
+    batch::ids_to_tensor, BpttBatches, LmData, Tokenizer, TokenizerKind, Vocabulary, WordTokenizer,
 };
 use perplex_model::{BuildContext, LanguageModel};
 
@@ -26,7 +29,7 @@ const MAX_LEVELS_UP: usize = 2;
 pub struct LoadedModel {
     /// The run's resolved config (`config.toml`).
     pub config: RunConfig,
-    /// The run's vocabulary (`vocab.json`).
+    /// The run's vocabulary (`vocab.json`; with the run's `tokenizer.json` for `bpe`).
     pub vocab: Vocabulary,
     /// The model's variables, loaded from `model.safetensors`.
     pub vs: nn::VarStore,
@@ -53,7 +56,7 @@ pub struct TokenLoss {
 /// What [`LoadedModel::sample`] produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
-    /// The prompt's ids as fed to the model (unknown tokens are `<unk>`, id 0).
+    /// The prompt's ids as fed to the model (unknown tokens get the unknown id).
     pub prompt_ids: Vec<i64>,
     /// Prompt tokens that are not in the vocabulary.
     pub prompt_unknown: usize,
@@ -119,11 +122,24 @@ impl LoadedModel {
         self.config.data.tokenizer
     }
 
+    /// The run's tokenizer itself: the rule-based one, or for `bpe` the run's own
+    /// `tokenizer.json` (loaded with `vocab.json`).
+    ///
+    /// # Errors
+    /// [`TrainerError::Data`] for a `bpe` run whose `vocab.json` names no tokenizer.
+    pub fn tokenizer(&self) -> Result<Arc<dyn Tokenizer>, TrainerError> {
+        Ok(self.tokenizer_kind().for_vocab(&self.vocab)?)
+    }
+
     /// Tokenizes `text` with the run's tokenizer and encodes it with the run's vocabulary:
-    /// int64 `[n]` on the CPU, unknown tokens as `<unk>` (0).
-    pub fn encode(&self, text: &str) -> Tensor {
-        let tokens = self.tokenizer_kind().tokenizer().tokenize(text);
-        ids_to_tensor(&self.vocab.encode(&tokens))
+    /// int64 `[n]` on the CPU, unknown tokens as the unknown id (`<unk>`, 0, at word level).
+    /// A Hugging Face tokenizer's ids are its own.
+    ///
+    /// # Errors
+    /// As [`LoadedModel::tokenizer`].
+    pub fn encode(&self, text: &str) -> Result<Tensor, TrainerError> {
+        let tokens = self.tokenizer()?.tokenize(text);
+        Ok(ids_to_tensor(&self.vocab.encode(&tokens)))
     }
 
     /// The ids of a split of the run's corpus (`valid` or `test`), re-read and re-tokenized from
@@ -332,9 +348,9 @@ impl LoadedModel {
         // Refuse bad options before reading the prompt.
         let sampler = Sampler::new(options, self.vocab.len() as i64, self.device)?;
         let kind = self.tokenizer_kind();
-        let tokenizer = kind.tokenizer();
+        let tokenizer = self.tokenizer()?;
         let mut prompt_tokens = tokenizer.tokenize(prompt);
-        if kind == TokenizerKind::Word
+        if matches!(kind, TokenizerKind::Word | TokenizerKind::Whitespace)
             && prompt_tokens.last().map(String::as_str) == Some(WordTokenizer::EOS)
         {
             prompt_tokens.pop();
@@ -349,9 +365,12 @@ impl LoadedModel {
         // state poorly (greedy decoding of a word-level GRU after "The king" gives rare words,
         // after "<eos> The king" a plausible line).
         let line_break = match kind {
-            TokenizerKind::Word => WordTokenizer::EOS,
-            TokenizerKind::Char => "\n",
+            TokenizerKind::Word | TokenizerKind::Whitespace => WordTokenizer::EOS.to_string(),
+            TokenizerKind::Char => "\n".to_string(),
+            // The tokenizer's spelling of a newline (`Ċ` in a byte-level BPE).
+            TokenizerKind::Bpe => tokenizer.tokenize("\n").concat(),
         };
+        let line_break = line_break.as_str();
         let mut feed = Vec::with_capacity(prompt_ids.len() + 1);
         if self.vocab.contains(line_break)
             && prompt_tokens.first().map(String::as_str) != Some(line_break)
@@ -510,6 +529,7 @@ fn find_upwards(dir: &Path, name: &str) -> Result<PathBuf, TrainerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use perplex_data::CharTokenizer;
     use perplex_model::{GruLmConfig, ModelConfig};
 
     /// A run directory with an untrained tiny char-level GRU over `text`'s characters.
@@ -525,7 +545,7 @@ mod tests {
             tie_weights: false,
         });
         std::fs::write(dir.path().join(CONFIG), config.to_toml().unwrap()).unwrap();
-        let tokens = TokenizerKind::Char.tokenizer().tokenize(text);
+        let tokens = CharTokenizer.tokenize(text);
         let vocab = Vocabulary::build(&tokens, None);
         vocab.save(&dir.path().join(VOCAB)).unwrap();
         tch::manual_seed(3);
@@ -544,7 +564,7 @@ mod tests {
     #[test]
     fn token_losses_average_to_the_trainer_evaluation() {
         let (_dir, m) = tiny_run(TEXT);
-        let ids = m.encode(&TEXT.repeat(4));
+        let ids = m.encode(&TEXT.repeat(4)).unwrap();
         let per_token = m.token_losses(&ids, 3, 5).unwrap();
         let stats = m.evaluate(&m.batches(&ids, 3, 5, "t").unwrap()).unwrap();
         assert_eq!(per_token.len() as u64, stats.tokens);

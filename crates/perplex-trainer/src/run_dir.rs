@@ -13,6 +13,9 @@ pub mod files {
     pub const CONFIG: &str = "config.toml";
     /// The vocabulary (JSON).
     pub const VOCAB: &str = "vocab.json";
+    /// The Hugging Face tokenizer of a `tokenizer = "bpe"` run, beside `vocab.json`, written
+    /// and read with it ([`perplex_data::Vocabulary::save`], [`perplex_data::Vocabulary::load`]).
+    pub const TOKENIZER: &str = perplex_data::HfTokenizer::FILE;
     /// Final weights (safetensors, PyTorch-style names such as `gru.weight_ih_l0`).
     pub const WEIGHTS: &str = "model.safetensors";
     /// One JSON object per line with a `kind`: `train` (every `log_every` steps), `valid`,
@@ -133,6 +136,7 @@ pub fn check_writable_file(path: &Path) -> Result<(), TrainerError> {
         let run_file = [
             files::CONFIG,
             files::VOCAB,
+            files::TOKENIZER,
             files::WEIGHTS,
             files::METRICS,
             files::METRICS_CSV,

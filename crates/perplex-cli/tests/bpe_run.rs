@@ -1,0 +1,130 @@
+//! A run with `tokenizer = "bpe"` on Tiny Shakespeare: `perplex train` writes the trained
+//! `tokenizer.json` into the run directory, and `generate`, `eval` on a text file and
+//! `train --resume` read that file (never retraining), through the real `perplex` binary.
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn perplex() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_perplex"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn corpus() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
+    perplex_data::fetch_corpus("tinyshakespeare", &dir).expect("fetch Tiny Shakespeare")
+}
+
+fn check(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn sets(settings: &[String]) -> Vec<String> {
+    settings
+        .iter()
+        .flat_map(|s| ["--set".to_string(), s.clone()])
+        .collect()
+}
+
+#[test]
+fn a_bpe_run_writes_its_tokenizer_and_generates_eval_and_resume_read_it() {
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("bpe");
+    let settings = [
+        format!("data.path={}", corpus().display()),
+        "data.tokenizer=bpe".into(),
+        "data.max_vocab_size=400".into(),
+        "data.batch_size=8".into(),
+        "data.seq_len=16".into(),
+        "data.eval_batch_size=256".into(),
+        "model.embedding_dim=16".into(),
+        "model.hidden_size=32".into(),
+        "trainer.epochs=1".into(),
+        "trainer.max_steps=4".into(),
+        "trainer.device=cpu".into(),
+        "trainer.threads=1".into(),
+        format!("trainer.run_dir={}", runs.path().display()),
+        "trainer.run_name=bpe".into(),
+    ];
+    let out = perplex()
+        .arg("train")
+        .args(sets(&settings))
+        .output()
+        .unwrap();
+    check(&out, "perplex train");
+
+    let tokenizer = std::fs::read(run.join("tokenizer.json")).expect("tokenizer.json written");
+    let hf = perplex_data::HfTokenizer::from_file(&run.join("tokenizer.json")).unwrap();
+    assert_eq!(hf.vocab_size(), 400);
+    let vocab: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("vocab.json")).unwrap()).unwrap();
+    assert_eq!(vocab["tokenizer"], "tokenizer.json");
+    assert_eq!(vocab["tokens"].as_array().unwrap().len(), 400);
+
+    // The prompt comes back byte for byte: byte-level decoding of prompt and continuation.
+    let prompt = "ROMEO: café 🦀\tdéjà  vu";
+    let out = perplex()
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--max-tokens",
+            "12",
+            "--seed",
+            "3",
+        ])
+        .args(["--prompt", prompt, "--checkpoint"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let generated = check(&out, "perplex generate");
+    assert!(generated.starts_with(prompt), "{generated:?}");
+    assert!(generated.len() > prompt.len(), "{generated:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("<unk>"));
+
+    // Eval on a text file tokenizes it with the run's tokenizer.
+    let file = runs.path().join("text.txt");
+    std::fs::write(
+        &file,
+        "To be, or not to be: that is the question.\n".repeat(20),
+    )
+    .unwrap();
+    let out = perplex()
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(&run)
+        .arg("--split")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report = check(&out, "perplex eval");
+    let tokens = hf.encode(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let scored = format!("of {} tokens", tokens.len());
+    assert!(
+        report.contains(&scored) && report.contains("0.00% <unk>"),
+        "{report}"
+    );
+
+    // Resuming reads the run's tokenizer.json: nothing is retrained, the file is unchanged,
+    // even with a vocabulary size that would train another tokenizer.
+    let out = perplex()
+        .args(["train", "--resume"])
+        .arg(&run)
+        .args(sets(&[
+            "trainer.max_steps=6".into(),
+            "data.max_vocab_size=300".into(),
+        ]))
+        .output()
+        .unwrap();
+    check(&out, "perplex train --resume");
+    assert_eq!(
+        std::fs::read(run.join("tokenizer.json")).unwrap(),
+        tokenizer
+    );
+}
