@@ -24,6 +24,8 @@ struct Cli {
 enum Task {
     /// Install libtorch (PyPI torch==2.11.0) into the per-user cache, if not there yet, and
     /// print the environment that points at it. Honours LIBTORCH and LIBTORCH_USE_PYTORCH.
+    /// Also installs Gloo's headers (Debian's libgloo-dev, for data-parallel training) when
+    /// apt-get can, or says how.
     Setup,
     /// Fetch a named corpus (e.g. `tinyshakespeare`) into `data/`.
     Data {
@@ -38,6 +40,10 @@ enum Task {
         /// Config overrides, e.g. `--set trainer.epochs=1`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Data-parallel on this machine: `torchrun --standalone --nproc-per-node N
+        /// --no-python perplex train ...` (`data.batch_size` is the global batch).
+        #[arg(long)]
+        nproc_per_node: Option<u32>,
     },
     /// Run the whole test suite (release profile, the same build as training).
     Test {
@@ -78,6 +84,12 @@ fn run(cli: Cli) -> Result<()> {
         Task::Setup => {
             let torch = setup()?;
             println!("libtorch {TORCH_VERSION} is ready.");
+            match ensure_gloo_headers() {
+                Ok(()) => {
+                    println!("Gloo's headers are installed: data-parallel training is built.")
+                }
+                Err(e) => println!("warning: {e:#}"),
+            }
             if let Some(t) = &torch {
                 println!("export LIBTORCH={}", t.libtorch.display());
                 println!(
@@ -93,10 +105,27 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&torch, &["build", "--release", "-p", "perplex-cli"])?;
             run_cmd(Command::new(perplex_bin()).args(["data", &name]), &torch)
         }
-        Task::Train { config, overrides } => {
+        Task::Train {
+            config,
+            overrides,
+            nproc_per_node,
+        } => {
             let torch = setup()?;
             cargo(&torch, &["build", "--release", "-p", "perplex-cli"])?;
-            let mut cmd = Command::new(perplex_bin());
+            let mut cmd = match nproc_per_node {
+                Some(n) => {
+                    let mut c = Command::new(torchrun(&torch)?);
+                    c.args([
+                        "--standalone",
+                        "--nproc-per-node",
+                        &n.to_string(),
+                        "--no-python",
+                    ])
+                    .arg(perplex_bin());
+                    c
+                }
+                None => Command::new(perplex_bin()),
+            };
             cmd.arg("train").arg("--config").arg(&config);
             for o in &overrides {
                 cmd.arg("--set").arg(o);
@@ -225,6 +254,59 @@ fn setup() -> Result<Option<Torch>> {
     }
     let libtorch = site_packages_torch(&venv)?;
     Ok(Some(Torch { libtorch, python }))
+}
+
+/// Where Gloo's headers are looked for (as perplex-dist's build script looks).
+fn gloo_header() -> PathBuf {
+    std::env::var_os("GLOO_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/include"))
+        .join("gloo/algorithm.h")
+}
+
+/// Installs Debian's `libgloo-dev` (Gloo's headers, which the PyPI wheel does not ship and
+/// perplex-dist's c10d bridge includes) with apt-get when running as root; otherwise says what
+/// to run. Without them perplex still builds and trains, in one process only.
+fn ensure_gloo_headers() -> Result<()> {
+    if gloo_header().exists() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || which("apt-get").is_none() {
+        bail!(
+            "{} is missing, so perplex builds without data-parallel training: install Gloo's \
+             headers (Debian/Ubuntu: `sudo apt-get install libgloo-dev`; elsewhere set \
+             GLOO_INCLUDE to a Gloo checkout's include directory), then rebuild",
+            gloo_header().display()
+        );
+    }
+    eprintln!("xtask: installing libgloo-dev (Gloo's headers) with apt-get ...");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "libgloo-dev"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        let _ = Command::new("apt-get").arg("update").status();
+        if !install() {
+            bail!("`apt-get install -y libgloo-dev` failed (see apt's message above)");
+        }
+    }
+    Ok(())
+}
+
+/// torchrun from the python that holds libtorch (the cache's venv), else from PATH.
+fn torchrun(torch: &Option<Torch>) -> Result<PathBuf> {
+    torch
+        .as_ref()
+        .and_then(|t| t.python.parent().map(|bin| bin.join("torchrun")))
+        .filter(|p| p.is_file())
+        .or_else(|| which("torchrun"))
+        .context("torchrun was not found (next to the python with torch, nor on PATH)")
 }
 
 /// `VENV/bin/python` for `LIBTORCH=VENV/lib/pythonX.Y/site-packages/torch`, when it exists (the

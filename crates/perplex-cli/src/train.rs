@@ -1,11 +1,16 @@
 //! `perplex train`.
 use std::path::Path;
 
+use perplex_dist::{DataParallel, Launch, ProcessGroup};
 use perplex_trainer::interrupt::Interrupt;
+use perplex_trainer::strategy::{SingleProcess, Strategy};
 use perplex_trainer::{RunConfig, Trainer, TrainerError};
 
 /// Trains from a config (or resumes a run) and prints the final metrics. The resolved config is
 /// logged section by section first; `dry_run` checks it as training would and prints it.
+///
+/// Launched by torchrun (or srun) with more than one process, it trains data-parallel
+/// ([`DataParallel`]: `data.batch_size` is the global batch; only rank 0 writes files).
 pub fn run(
     config: Option<&Path>,
     overrides: &[String],
@@ -33,7 +38,7 @@ pub fn run(
                 print!("{resolved}");
                 return Ok(());
             }
-            match Trainer::resume(spec, &root, overrides) {
+            match Trainer::resume_with_strategy(spec, &root, overrides, strategy()?) {
                 Ok(t) => t,
                 // Resuming a finished run is not a failure (a requeued job resumes until done):
                 // say so and change nothing.
@@ -54,7 +59,7 @@ pub fn run(
                 print!("{}", cfg.to_toml()?);
                 return Ok(());
             }
-            Trainer::from_config(cfg)?
+            Trainer::from_config_with_strategy(cfg, strategy()?)?
         }
     };
     // SIGINT/SIGTERM: finish the step, checkpoint, write the summary, exit 130/143; a second
@@ -96,6 +101,17 @@ pub fn run(
         std::process::exit(i32::from(signal.exit_code()));
     }
     Ok(())
+}
+
+/// Data-parallel when a launcher (torchrun, Slurm) started more than one process: joins the
+/// job's process group first, so a bad launch fails before the data is loaded.
+fn strategy() -> anyhow::Result<Box<dyn Strategy>> {
+    Ok(match Launch::from_env()? {
+        Some(launch) if launch.world_size > 1 => {
+            Box::new(DataParallel::new(ProcessGroup::connect(launch)?))
+        }
+        _ => Box::new(SingleProcess),
+    })
 }
 
 /// Where `--resume latest` looks: `trainer.run_dir` of the config file (or the defaults and

@@ -77,6 +77,10 @@ pub enum TrainerError {
     /// libtorch refused an operation.
     #[error("libtorch error: {}", perplex_data::error::tch_reason(.0))]
     Torch(#[from] tch::TchError),
+    /// A data-parallel strategy's communication failed (a process lost, a timeout); the
+    /// strategy's own error says which rank and operation.
+    #[error(transparent)]
+    Distributed(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl TrainerError {

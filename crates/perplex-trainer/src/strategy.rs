@@ -13,7 +13,8 @@
 //!    log and the non-finite check, so every rank skips or stops together;
 //! 4. evaluation sums (NLL, counted tokens) are summed over processes.
 //!
-//! Each process reads its own shard of every loader ([`Strategy::shard`]).
+//! Each process reads its own shard of every loader ([`Strategy::shard`]). Before the first step
+//! [`Strategy::prepare`] sees every variable of the model (data parallelism copies rank 0's).
 //!
 //! Only the primary process ([`Strategy::is_primary`]) writes the run directory.
 use std::fmt::Debug;
@@ -54,6 +55,16 @@ pub trait Strategy: Debug + Send {
             return Ok(batches);
         }
         Ok(batches.shard(self.rank(), self.world_size())?)
+    }
+
+    /// Called once at the start of [`crate::Trainer::fit`] with every variable of the model
+    /// (trainable or not, sorted by name), before the first step: a data-parallel strategy makes
+    /// them equal on every process (broadcast from rank 0). Nothing by default.
+    ///
+    /// # Errors
+    /// Communication or libtorch errors.
+    fn prepare(&self, _variables: &[(String, Tensor)]) -> Result<(), TrainerError> {
+        Ok(())
     }
 
     /// Sums every parameter's gradient over all processes, in place.

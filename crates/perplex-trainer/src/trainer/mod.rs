@@ -201,11 +201,26 @@ impl Trainer {
     ///
     /// # Errors
     /// Any [`TrainerError`]: bad device, data, model, optimiser or teacher settings.
-    pub fn from_config(mut config: RunConfig) -> Result<Self, TrainerError> {
+    pub fn from_config(config: RunConfig) -> Result<Self, TrainerError> {
+        Self::from_config_with_strategy(config, Box::new(crate::strategy::SingleProcess))
+    }
+
+    /// [`Trainer::from_config`] as one process of `strategy`: only the primary process checks
+    /// and creates the run directory (the others write nothing; see [`Trainer::with_strategy`]).
+    ///
+    /// # Errors
+    /// As [`Trainer::from_config`].
+    pub fn from_config_with_strategy(
+        mut config: RunConfig,
+        strategy: Box<dyn crate::strategy::Strategy>,
+    ) -> Result<Self, TrainerError> {
         if let Ok(cwd) = std::env::current_dir() {
             config.absolutize_paths(&cwd);
         }
         let dir = run_dir::run_path(&config.trainer.run_dir, config.trainer.run_name.as_deref());
+        if !strategy.is_primary() {
+            return Ok(Self::build(config, dir, None)?.with_strategy(strategy));
+        }
         if dir.join(files::CONFIG).exists() {
             // Never train a new run into an old one's directory (mixed checkpoints and metrics).
             return Err(TrainerError::Config {
@@ -220,7 +235,7 @@ impl Trainer {
         }
         let trainer = Self::build(config, dir, None)?;
         trainer.write_run_files(true)?;
-        Ok(trainer)
+        Ok(trainer.with_strategy(strategy))
     }
 
     /// Whether training has nothing left to do: all epochs done or `max_steps` reached.
@@ -463,6 +478,9 @@ impl Trainer {
     /// [`TrainerError::NonFinite`] when the loss becomes NaN or infinite with
     /// `on_non_finite = "stop"` (the last checkpoint stays loadable), and any error of the parts.
     pub fn fit(&mut self) -> Result<FitSummary, TrainerError> {
+        let mut variables: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        self.strategy.prepare(&variables)?;
         let seed = self.config.seed as u64;
         let train = self
             .strategy

@@ -31,6 +31,21 @@ impl Trainer {
         Self::resume_inner(spec, run_root, overrides, true)
     }
 
+    /// [`Trainer::resume`] as one process of `strategy`: every process loads the checkpoint,
+    /// only the primary one writes (the config, the truncated metrics).
+    ///
+    /// # Errors
+    /// Those of [`Trainer::resume`].
+    pub fn resume_with_strategy(
+        spec: &str,
+        run_root: &Path,
+        overrides: &[String],
+        strategy: Box<dyn crate::strategy::Strategy>,
+    ) -> Result<Self, TrainerError> {
+        let primary = strategy.is_primary();
+        Ok(Self::resume_inner(spec, run_root, overrides, primary)?.with_strategy(strategy))
+    }
+
     /// Every check [`Trainer::resume`] makes (the checkpoint, model and optimiser state load;
     /// the config may change what it changes; the run is not finished), writing nothing.
     /// Returns the resolved config the resume would write.

@@ -38,8 +38,15 @@ impl Trainer {
         epoch: u64,
     ) -> Result<(Tensor, bool), TrainerError> {
         self.last_grad_norm = f64::NAN;
-        // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
-        tch::manual_seed(self.config.seed.wrapping_add(self.pos.step as i64));
+        // Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones, and
+        // ranks draw different ones for their different rows (pitfall BB2-17).
+        let rank = (self.strategy.rank() as i64) << 32;
+        tch::manual_seed(
+            self.config
+                .seed
+                .wrapping_add(self.pos.step as i64)
+                .wrapping_add(rank),
+        );
         let k = self.config.accumulate as i64;
         let inputs = batch.inputs.chunk(k, 0);
         let targets = batch.targets.chunk(k, 0);

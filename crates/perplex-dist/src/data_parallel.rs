@@ -1,0 +1,196 @@
+//! [`DataParallel`]: the trainer's [`Strategy`] over a [`ProcessGroup`]. Rank 0's variables are
+//! broadcast before the first step; after each step's backward the gradients are summed over
+//! ranks in flat buckets (PyTorch DDP's `bucket_cap_mb`, 25 MB by default), without dividing:
+//! the trainer already divides every rank's loss by the global normaliser.
+use std::cell::Cell;
+use std::time::Instant;
+
+use perplex_trainer::strategy::Strategy;
+use perplex_trainer::TrainerError;
+use tch::Tensor;
+
+use crate::{DistError, ProcessGroup};
+
+/// Gradient bucket size when none is set: PyTorch DDP's default `bucket_cap_mb = 25`.
+pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
+
+/// Data-parallel training: every rank holds the whole model and reads its rows of each global
+/// batch ([`Strategy::shard`]'s default); only rank 0 writes files.
+#[derive(Debug)]
+pub struct DataParallel {
+    group: ProcessGroup,
+    bucket_bytes: usize,
+    /// Gradient reductions made and the seconds they took (for the log at the end).
+    reductions: Cell<(u64, f64)>,
+}
+
+impl DataParallel {
+    /// Data parallelism over `group`.
+    pub fn new(group: ProcessGroup) -> Self {
+        Self {
+            group,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+            reductions: Cell::new((0, 0.0)),
+        }
+    }
+
+    /// Joins the job the environment describes ([`ProcessGroup::from_env`]).
+    ///
+    /// # Errors
+    /// As [`ProcessGroup::from_env`].
+    pub fn from_env() -> Result<Self, DistError> {
+        Ok(Self::new(ProcessGroup::from_env()?))
+    }
+
+    /// Gradients are summed in flat buckets of at most `bytes` (a larger tensor is its own).
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Self {
+        self.bucket_bytes = bytes.max(1);
+        self
+    }
+
+    /// The process group.
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
+    }
+
+    /// Gradient reductions so far and their mean duration in seconds.
+    pub fn reduction_time(&self) -> (u64, f64) {
+        let (n, seconds) = self.reductions.get();
+        (n, if n > 0 { seconds / n as f64 } else { 0.0 })
+    }
+
+    /// Sums one bucket of gradients: flattened into one tensor, reduced, copied back. A
+    /// parameter without a gradient on this rank contributes zeros (the others may have one).
+    fn reduce_bucket(&self, params: &[&Tensor]) -> Result<(), DistError> {
+        let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
+        let flat: Vec<Tensor> = params
+            .iter()
+            .zip(&grads)
+            .map(|(p, g)| {
+                if g.defined() {
+                    g.f_reshape([-1])
+                } else {
+                    p.f_zeros_like()?.f_reshape([-1])
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let bucket = Tensor::f_cat(&flat, 0)?;
+        self.group.all_reduce_sum(&bucket)?;
+        let mut offset = 0;
+        for (p, g) in params.iter().zip(&grads) {
+            let n = p.numel() as i64;
+            if g.defined() {
+                let summed = bucket.f_narrow(0, offset, n)?.f_view_as(g)?;
+                g.shallow_clone().f_copy_(&summed)?;
+            }
+            offset += n;
+        }
+        Ok(())
+    }
+}
+
+/// The parameters in buckets: consecutive runs of one kind and device, each at most
+/// `bucket_bytes` (a tensor larger than that is a bucket of its own).
+fn buckets(params: &[(String, Tensor)], bucket_bytes: usize) -> Vec<Vec<&Tensor>> {
+    let mut out: Vec<Vec<&Tensor>> = Vec::new();
+    let mut bytes = 0;
+    for (_, p) in params {
+        let size = p.numel() * p.kind().elt_size_in_bytes();
+        let fits = out.last().is_some_and(|b: &Vec<&Tensor>| {
+            let first = b[0];
+            first.kind() == p.kind() && first.device() == p.device() && bytes + size <= bucket_bytes
+        });
+        if fits {
+            out.last_mut().expect("a bucket is open").push(p);
+            bytes += size;
+        } else {
+            out.push(vec![p]);
+            bytes = size;
+        }
+    }
+    out
+}
+
+impl Strategy for DataParallel {
+    fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.group.world_size()
+    }
+
+    /// Every rank starts from rank 0's variables (its seed may differ, or its init be random).
+    fn prepare(&self, variables: &[(String, Tensor)]) -> Result<(), TrainerError> {
+        tch::no_grad(|| {
+            for (_, v) in variables {
+                let mut data = v.detach();
+                self.group.broadcast(&mut data, 0)?;
+            }
+            Ok::<_, DistError>(())
+        })?;
+        Ok(())
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, TrainerError> {
+        let sum = t.f_detach()?.f_contiguous()?.copy();
+        self.group.all_reduce_sum(&sum)?;
+        Ok(sum)
+    }
+
+    fn reduce_gradients(&self, params: &[(String, Tensor)]) -> Result<(), TrainerError> {
+        let start = Instant::now();
+        tch::no_grad(|| {
+            for bucket in buckets(params, self.bucket_bytes) {
+                self.reduce_bucket(&bucket)?;
+            }
+            Ok::<_, DistError>(())
+        })?;
+        let (n, seconds) = self.reductions.get();
+        self.reductions
+            .set((n + 1, seconds + start.elapsed().as_secs_f64()));
+        Ok(())
+    }
+}
+
+impl Drop for DataParallel {
+    fn drop(&mut self) {
+        let (n, mean) = self.reduction_time();
+        if n > 0 {
+            tracing::info!(
+                rank = self.rank(),
+                reductions = n,
+                mean_ms = format!("{:.2}", 1e3 * mean),
+                "gradient all-reduce time per step"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn buckets_respect_the_size_and_the_kind() {
+        let t = |n: i64, kind: Kind| Tensor::zeros([n], (kind, tch::Device::Cpu));
+        let params: Vec<(String, Tensor)> = [
+            (10, Kind::Float),
+            (10, Kind::Float),
+            (30, Kind::Float),
+            (5, Kind::Double),
+            (5, Kind::Double),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, k))| (i.to_string(), t(n, k)))
+        .collect();
+        let sizes: Vec<Vec<i64>> = buckets(&params, 80)
+            .iter()
+            .map(|b| b.iter().map(|p| p.numel() as i64).collect())
+            .collect();
+        // 10 + 10 floats = 80 bytes; 30 floats (120 bytes) alone; doubles apart from floats.
+        assert_eq!(sizes, vec![vec![10, 10], vec![30], vec![5, 5]]);
+    }
+}
