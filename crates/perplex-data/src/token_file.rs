@@ -277,7 +277,10 @@ impl TokenIds for MmapTokens {
             // from the file (the page cache) on the next access, with the same contents; no
             // reference into the mapping outlives this call's own reads below.
             #[cfg(unix)]
-            let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+            };
         }
         let w = self.header.dtype.width();
         let bytes = &self.map[start * w..(start + out.len()) * w];
