@@ -134,6 +134,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test { args } => {
             let torch = setup()?;
+            // What the tests need beyond libtorch, installed from the registries: Gloo's headers
+            // (data-parallel tests; their tests fail, saying so, when this cannot install them)
+            // and Python's `tokenizers` (the tokenizer parity test).
+            if let Err(e) = ensure_gloo_headers() {
+                eprintln!("xtask: warning: {e:#}");
+            }
+            let python = ensure_py_tokenizers()?;
+            std::env::set_var("PERPLEX_PYTHON", &python);
             let mut a: Vec<&str> = vec!["test", "--release", "--workspace"];
             if !args.is_empty() {
                 a.push("--");
@@ -267,6 +275,58 @@ fn gloo_header() -> PathBuf {
 /// Installs Debian's `libgloo-dev` (Gloo's headers, which the PyPI wheel does not ship and
 /// perplex-dist's c10d bridge includes) with apt-get when running as root; otherwise says what
 /// to run. Without them perplex still builds and trains, in one process only.
+/// The pinned Python `tokenizers` the parity test compares perplex's `tokenizer.json` with.
+const PY_TOKENIZERS: &str = "tokenizers==0.23.3";
+
+/// A virtual environment under the target directory with Python's `tokenizers` (from PyPI),
+/// made once; returns its interpreter.
+fn ensure_py_tokenizers() -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let venv = target.join("py-tokenizers");
+    let python = venv.join("bin").join("python");
+    let has = |python: &Path| {
+        Command::new(python)
+            .args([
+                "-c",
+                "import tokenizers; assert tokenizers.__version__ == '0.23.3'",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if python.exists() && has(&python) {
+        return Ok(python);
+    }
+    eprintln!(
+        "xtask: installing Python's {PY_TOKENIZERS} into {} ...",
+        venv.display()
+    );
+    if !python.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .context("running python3 -m venv")?
+            .success();
+        if !ok {
+            bail!("`python3 -m venv {}` failed", venv.display());
+        }
+    }
+    let ok = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", PY_TOKENIZERS])
+        .status()
+        .context("running pip")?
+        .success();
+    if !ok || !has(&python) {
+        bail!(
+            "`{} -m pip install {PY_TOKENIZERS}` failed",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
 fn ensure_gloo_headers() -> Result<()> {
     if gloo_header().exists() {
         return Ok(());
