@@ -458,9 +458,16 @@ fn run_pytorch(
         }])
         .map(|l| l.at_s)
         .unwrap_or(f64::NAN);
+    // The GRU reference reports `timed_steps`; the GPT reference its `iters` (warm-up + timed).
     let timed = result
         .get("timed_steps")
         .and_then(Value::as_u64)
+        .or_else(|| {
+            result
+                .get("iters")
+                .and_then(Value::as_u64)
+                .map(|i| i.saturating_sub(p.warmup))
+        })
         .unwrap_or(0);
     if timed < p.steps {
         return Ok(RunOutcome::failed(format!(
