@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use crate::model::check_input;
-use crate::recurrent::{uniform, RecurrentSizes};
+use crate::recurrent::RecurrentSizes;
 use crate::{
     BuildContext, HiddenState, LanguageModel, ModelConfig, ModelError, ModelOutput, OutputHead,
 };
@@ -24,6 +24,20 @@ pub struct GruLmConfig {
     /// The output head is the embedding (Press & Wolf 2017; `word_language_model --tied`): no
     /// `out.weight`, only `out.bias`. Needs `embedding_dim == hidden_size`. Default false.
     pub tie_weights: bool,
+}
+
+impl GruLmConfig {
+    /// The sizes the shared recurrent code builds from.
+    fn sizes(&self, vocab_size: i64) -> RecurrentSizes {
+        RecurrentSizes {
+            vocab_size,
+            embedding_dim: self.embedding_dim,
+            hidden_size: self.hidden_size,
+            num_layers: self.num_layers,
+            dropout: self.dropout,
+            tie_weights: self.tie_weights,
+        }
+    }
 }
 
 impl Default for GruLmConfig {
@@ -74,28 +88,12 @@ impl GruLm {
     /// [`ModelError::InvalidConfig`] for a non-positive size, a dropout outside `[0, 1)`, or
     /// `tie_weights` with `embedding_dim != hidden_size`.
     pub fn new(path: &nn::Path, vocab_size: i64, config: &GruLmConfig) -> Result<Self, ModelError> {
-        let sizes = RecurrentSizes {
-            vocab_size,
-            embedding_dim: config.embedding_dim,
-            hidden_size: config.hidden_size,
-            num_layers: config.num_layers,
-            dropout: config.dropout,
-            tie_weights: config.tie_weights,
-        };
+        let sizes = config.sizes(vocab_size);
         sizes.validate()?;
-        let (e, h) = (config.embedding_dim, config.hidden_size);
         // Variables are drawn in this order (embedding, GRU, head): an untied model starts from
         // the same numbers for a given seed as before `tie_weights` existed.
         let embedding = sizes.embedding(path);
-        let g = path / "gru";
-        let mut gru_weights = Vec::new();
-        for layer in 0..config.num_layers {
-            let input = if layer == 0 { e } else { h };
-            gru_weights.push(g.var(&format!("weight_ih_l{layer}"), &[3 * h, input], uniform(h)));
-            gru_weights.push(g.var(&format!("weight_hh_l{layer}"), &[3 * h, h], uniform(h)));
-            gru_weights.push(g.var(&format!("bias_ih_l{layer}"), &[3 * h], uniform(h)));
-            gru_weights.push(g.var(&format!("bias_hh_l{layer}"), &[3 * h], uniform(h)));
-        }
+        let gru_weights = sizes.cell_weights(path, "gru", 3);
         let (out_weight, out_bias) = sizes.head(path, &embedding);
         Ok(Self {
             embedding,
@@ -117,19 +115,7 @@ impl LanguageModel for GruLm {
     /// (`in` = E for the first layer, H after) and of the state, and the output head, forward
     /// and backward. Seed word model (E 256, H 512, V 10001): 37.8 MFLOP per token.
     fn flops_per_token(&self) -> Option<f64> {
-        let c = &self.config;
-        let (e, h, v) = (
-            c.embedding_dim as f64,
-            c.hidden_size as f64,
-            self.vocab_size as f64,
-        );
-        let gru: f64 = (0..c.num_layers)
-            .map(|l| {
-                let input = if l == 0 { e } else { h };
-                2.0 * 3.0 * (input * h + h * h)
-            })
-            .sum();
-        Some(3.0 * (gru + 2.0 * h * v))
+        Some(self.config.sizes(self.vocab_size).flops_per_token(3))
     }
 
     fn initial_state(&self, batch_size: i64, device: Device) -> HiddenState {

@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use crate::model::check_input;
-use crate::recurrent::{uniform, RecurrentSizes};
+use crate::recurrent::RecurrentSizes;
 use crate::{
     BuildContext, HiddenState, LanguageModel, ModelConfig, ModelError, ModelOutput, OutputHead,
 };
@@ -24,6 +24,20 @@ pub struct LstmLmConfig {
     /// The output head is the embedding (Press & Wolf 2017; `word_language_model --tied`): no
     /// `out.weight`, only `out.bias`. Needs `embedding_dim == hidden_size`. Default false.
     pub tie_weights: bool,
+}
+
+impl LstmLmConfig {
+    /// The sizes the shared recurrent code builds from.
+    fn sizes(&self, vocab_size: i64) -> RecurrentSizes {
+        RecurrentSizes {
+            vocab_size,
+            embedding_dim: self.embedding_dim,
+            hidden_size: self.hidden_size,
+            num_layers: self.num_layers,
+            dropout: self.dropout,
+            tie_weights: self.tie_weights,
+        }
+    }
 }
 
 impl Default for LstmLmConfig {
@@ -78,26 +92,10 @@ impl LstmLm {
         vocab_size: i64,
         config: &LstmLmConfig,
     ) -> Result<Self, ModelError> {
-        let sizes = RecurrentSizes {
-            vocab_size,
-            embedding_dim: config.embedding_dim,
-            hidden_size: config.hidden_size,
-            num_layers: config.num_layers,
-            dropout: config.dropout,
-            tie_weights: config.tie_weights,
-        };
+        let sizes = config.sizes(vocab_size);
         sizes.validate()?;
-        let (e, h) = (config.embedding_dim, config.hidden_size);
         let embedding = sizes.embedding(path);
-        let l = path / "lstm";
-        let mut lstm_weights = Vec::new();
-        for layer in 0..config.num_layers {
-            let input = if layer == 0 { e } else { h };
-            lstm_weights.push(l.var(&format!("weight_ih_l{layer}"), &[4 * h, input], uniform(h)));
-            lstm_weights.push(l.var(&format!("weight_hh_l{layer}"), &[4 * h, h], uniform(h)));
-            lstm_weights.push(l.var(&format!("bias_ih_l{layer}"), &[4 * h], uniform(h)));
-            lstm_weights.push(l.var(&format!("bias_hh_l{layer}"), &[4 * h], uniform(h)));
-        }
+        let lstm_weights = sizes.cell_weights(path, "lstm", 4);
         let (out_weight, out_bias) = sizes.head(path, &embedding);
         Ok(Self {
             embedding,
@@ -119,19 +117,7 @@ impl LanguageModel for LstmLm {
     /// (`in` = E for the first layer, H after) and of the state, and the output head, forward
     /// and backward.
     fn flops_per_token(&self) -> Option<f64> {
-        let c = &self.config;
-        let (e, h, v) = (
-            c.embedding_dim as f64,
-            c.hidden_size as f64,
-            self.vocab_size as f64,
-        );
-        let lstm: f64 = (0..c.num_layers)
-            .map(|l| {
-                let input = if l == 0 { e } else { h };
-                2.0 * 4.0 * (input * h + h * h)
-            })
-            .sum();
-        Some(3.0 * (lstm + 2.0 * h * v))
+        Some(self.config.sizes(self.vocab_size).flops_per_token(4))
     }
 
     /// `h` and `c`, zeros `[layers, batch, hidden]` each.

@@ -17,17 +17,7 @@ pub(crate) struct RecurrentSizes {
 impl RecurrentSizes {
     /// Checks the sizes once, before any variable is made.
     pub(crate) fn validate(&self) -> Result<(), ModelError> {
-        let positive = |key, v: i64| {
-            if v > 0 {
-                Ok(())
-            } else {
-                Err(ModelError::InvalidConfig {
-                    key,
-                    value: v.to_string(),
-                    expected: "a positive integer",
-                })
-            }
-        };
+        let positive = check_positive;
         positive("vocab_size", self.vocab_size)?;
         positive("embedding_dim", self.embedding_dim)?;
         positive("hidden_size", self.hidden_size)?;
@@ -52,6 +42,43 @@ impl RecurrentSizes {
         Ok(())
     }
 
+    /// The cell's variables under `path / cell` in PyTorch's order and names
+    /// (`weight_ih_l{k}` `[gates·H, in]`, `weight_hh_l{k}` `[gates·H, H]`, `bias_ih_l{k}`,
+    /// `bias_hh_l{k}` `[gates·H]`; `in` = E for the first layer, H after), all
+    /// `U(-1/sqrt(H), 1/sqrt(H))`: `gates` is 3 for `nn.GRU`, 4 for `nn.LSTM`.
+    pub(crate) fn cell_weights(&self, path: &nn::Path, cell: &str, gates: i64) -> Vec<Tensor> {
+        let (e, h) = (self.embedding_dim, self.hidden_size);
+        let p = path / cell;
+        let mut weights = Vec::with_capacity(4 * self.num_layers as usize);
+        for layer in 0..self.num_layers {
+            let input = if layer == 0 { e } else { h };
+            let g = gates * h;
+            weights.push(p.var(&format!("weight_ih_l{layer}"), &[g, input], uniform(h)));
+            weights.push(p.var(&format!("weight_hh_l{layer}"), &[g, h], uniform(h)));
+            weights.push(p.var(&format!("bias_ih_l{layer}"), &[g], uniform(h)));
+            weights.push(p.var(&format!("bias_hh_l{layer}"), &[g], uniform(h)));
+        }
+        weights
+    }
+
+    /// Training FLOPs per token, `3 · [Σ_layers 2·gates·(in·H + H·H) + 2·H·V]`: the gate
+    /// projections of the input (`in` = E for the first layer, H after) and of the state, and
+    /// the output head, forward and backward (3×, multiply-add = 2).
+    pub(crate) fn flops_per_token(&self, gates: i64) -> f64 {
+        let (e, h, v) = (
+            self.embedding_dim as f64,
+            self.hidden_size as f64,
+            self.vocab_size as f64,
+        );
+        let cell: f64 = (0..self.num_layers)
+            .map(|l| {
+                let input = if l == 0 { e } else { h };
+                2.0 * gates as f64 * (input * h + h * h)
+            })
+            .sum();
+        3.0 * (cell + 2.0 * h * v)
+    }
+
     /// `embedding.weight` `[vocab, embedding_dim]`, `N(0, 1)` (`nn.Embedding`'s default).
     pub(crate) fn embedding(&self, path: &nn::Path) -> Tensor {
         let init = nn::Init::Randn {
@@ -73,6 +100,18 @@ impl RecurrentSizes {
         };
         (weight, o.var("bias", &[self.vocab_size], init))
     }
+}
+
+/// [`ModelError::InvalidConfig`] naming `key` unless `value > 0`.
+pub(crate) fn check_positive(key: &'static str, value: i64) -> Result<(), ModelError> {
+    if value > 0 {
+        return Ok(());
+    }
+    Err(ModelError::InvalidConfig {
+        key,
+        value: value.to_string(),
+        expected: "a positive integer",
+    })
 }
 
 /// `U(-1/sqrt(fan), 1/sqrt(fan))`: the init of `nn.GRU`, `nn.LSTM` and `nn.Linear`'s bias.

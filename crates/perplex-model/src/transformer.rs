@@ -86,17 +86,7 @@ impl ModelConfig for TransformerLmConfig {
 impl TransformerLmConfig {
     /// Checks every hyperparameter once, before any variable is made.
     fn validate(&self, vocab_size: i64) -> Result<(), ModelError> {
-        let positive = |key, v: i64| {
-            if v > 0 {
-                Ok(())
-            } else {
-                Err(ModelError::InvalidConfig {
-                    key,
-                    value: v.to_string(),
-                    expected: "a positive integer",
-                })
-            }
-        };
+        let positive = crate::recurrent::check_positive;
         positive("vocab_size", vocab_size)?;
         positive("n_layer", self.n_layer)?;
         positive("n_head", self.n_head)?;
