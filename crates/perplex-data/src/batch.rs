@@ -36,39 +36,12 @@ impl BpttBatches {
         split: &str,
         device: Device,
     ) -> Result<Self, DataError> {
-        if batch_size == 0 || seq_len == 0 {
-            return Err(DataError::InvalidConfig {
-                key: if batch_size == 0 {
-                    "batch_size"
-                } else {
-                    "seq_len"
-                },
-                value: "0".into(),
-                expected: "a positive integer".into(),
-            });
-        }
         let tokens = ids.size1()? as usize;
-        let columns = tokens / batch_size;
-        let needed_columns = if drop_last { seq_len + 1 } else { 2 };
-        if columns < needed_columns {
-            return Err(DataError::SplitTooSmall {
-                split: split.to_string(),
-                tokens,
-                needed: batch_size * needed_columns,
-                batch_size,
-                seq_len,
-            });
-        }
+        let (columns, windows) = bptt_layout(tokens, batch_size, seq_len, drop_last, split)?;
         let data = ids
             .f_narrow(0, 0, (columns * batch_size) as i64)?
             .f_view([batch_size as i64, columns as i64])?
             .f_to_device(device)?;
-        let steps = columns - 1;
-        let windows = if drop_last {
-            steps / seq_len
-        } else {
-            steps.div_ceil(seq_len)
-        };
         Ok(Self {
             data,
             seq_len: seq_len as i64,
@@ -156,6 +129,50 @@ impl BpttBatches {
     pub fn iter(&self) -> impl Iterator<Item = Batch> + '_ {
         self.iter_from(0)
     }
+}
+
+/// The BPTT layout of a split of `tokens` tokens: `batch_size` rows of `columns` tokens each
+/// (the tail that does not fill a row dropped) read in `windows` windows of `seq_len` targets
+/// (full windows only with `drop_last`, else the last one shorter). Returns
+/// `(columns, windows)`; shared by [`BpttBatches`] and [`crate::StreamWindows`].
+///
+/// # Errors
+/// [`DataError::InvalidConfig`] for a zero size; [`DataError::SplitTooSmall`] naming `split`
+/// when the rows cannot fill one window.
+pub(crate) fn bptt_layout(
+    tokens: usize,
+    batch_size: usize,
+    seq_len: usize,
+    drop_last: bool,
+    split: &str,
+) -> Result<(usize, usize), DataError> {
+    for (key, v) in [("batch_size", batch_size), ("seq_len", seq_len)] {
+        if v == 0 {
+            return Err(DataError::InvalidConfig {
+                key,
+                value: "0".into(),
+                expected: "a positive integer".into(),
+            });
+        }
+    }
+    let columns = tokens / batch_size;
+    let needed_columns = if drop_last { seq_len + 1 } else { 2 };
+    if columns < needed_columns {
+        return Err(DataError::SplitTooSmall {
+            split: split.to_string(),
+            tokens,
+            needed: batch_size * needed_columns,
+            batch_size,
+            seq_len,
+        });
+    }
+    let steps = columns - 1;
+    let windows = if drop_last {
+        steps / seq_len
+    } else {
+        steps.div_ceil(seq_len)
+    };
+    Ok((columns, windows))
 }
 
 /// Converts token ids to an int64 tensor.

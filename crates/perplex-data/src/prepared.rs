@@ -171,7 +171,7 @@ pub fn prepare(config: &DataConfig, out: &Path) -> Result<PrepareReport, DataErr
             Ok(())
         })
     };
-    // Ranked as `Vocabulary::build` ranks: by count, then first position in the training range.
+    // (count, first position) per token of the training range, ranked by `Vocabulary::from_counts`.
     let mut stats: HashMap<String, (usize, usize)> = HashMap::new();
     let mut count_train = |t: &str, pos: usize| match stats.get_mut(t) {
         Some(s) => s.0 += 1,
@@ -209,14 +209,12 @@ pub fn prepare(config: &DataConfig, out: &Path) -> Result<PrepareReport, DataErr
             None
         }
     };
-    stats.remove(Vocabulary::UNK);
-    let mut ranked: Vec<(String, (usize, usize))> = stats.into_iter().collect();
-    ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.1 .1.cmp(&b.1 .1)));
-    if config.max_vocab_size > 0 {
-        ranked.truncate(config.max_vocab_size);
-    }
-    let vocab = Vocabulary::from_ranked(ranked.iter().map(|(t, _)| t.as_str()));
-    drop(ranked);
+    let cap = (config.max_vocab_size > 0).then_some(config.max_vocab_size);
+    let vocab = Vocabulary::from_counts(
+        stats.iter().map(|(t, &(n, first))| (t.as_str(), n, first)),
+        cap,
+    );
+    drop(stats);
     let name = format!("{:?}", config.tokenizer).to_lowercase();
     let writer = |split: &str| {
         TokenFileWriter::create(&out.join(format!("{split}.bin")), vocab.len(), &name)
@@ -318,24 +316,8 @@ impl StreamWindows {
         split: &str,
         device: Device,
     ) -> Result<Self, DataError> {
-        let tokens = ids.len();
-        let columns = tokens / batch_size.max(1);
-        let needed = if drop_last { seq_len + 1 } else { 2 };
-        if batch_size == 0 || seq_len == 0 || columns < needed {
-            return Err(DataError::SplitTooSmall {
-                split: split.to_string(),
-                tokens,
-                needed: batch_size * needed,
-                batch_size,
-                seq_len,
-            });
-        }
-        let steps = columns - 1;
-        let windows = if drop_last {
-            steps / seq_len
-        } else {
-            steps.div_ceil(seq_len)
-        };
+        let (columns, windows) =
+            crate::batch::bptt_layout(ids.len(), batch_size, seq_len, drop_last, split)?;
         Ok(Self {
             ids,
             rows: 0..batch_size,

@@ -72,14 +72,10 @@ impl TokenStream {
             }
             count[id] += 1;
         }
-        let mut ranked: Vec<usize> = (0..self.strings.len())
-            .filter(|&i| count[i] > 0 && self.strings[i] != Vocabulary::UNK)
-            .collect();
-        ranked.sort_by(|&a, &b| count[b].cmp(&count[a]).then(first[a].cmp(&first[b])));
-        if let Some(cap) = max_size {
-            ranked.truncate(cap);
-        }
-        Vocabulary::from_ranked(ranked.into_iter().map(|i| self.strings[i].as_str()))
+        Vocabulary::from_counts(
+            (0..self.strings.len()).map(|i| (self.strings[i].as_str(), count[i], first[i])),
+            max_size,
+        )
     }
 
     /// The ids of the tokens in `range` in `vocab` (tokens it lacks become `<unk>`, 0).

@@ -168,19 +168,7 @@ impl TokenFileWriter {
             .persist(&self.path)
             .map_err(|e| io(&self.path, e.error))?;
         let json = serde_json::to_vec_pretty(&header).expect("a header serialises");
-        let head = header_path(&self.path);
-        let dir = head.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tokens-header-")
-            .tempfile_in(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            })
-            .map_err(|e| io(&head, e))?;
-        tmp.write_all(&json).map_err(|e| io(&head, e))?;
-        crate::fetch::readable_by_all(tmp.as_file()).map_err(|e| io(&head, e))?;
-        tmp.persist(&head).map_err(|e| io(&head, e.error))?;
+        crate::fetch::write_atomically(&header_path(&self.path), &json)?;
         Ok(header)
     }
 }

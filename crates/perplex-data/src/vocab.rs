@@ -106,31 +106,33 @@ impl Vocabulary {
     /// Builds a vocabulary from `tokens`: `<unk>` plus the `max_size` most frequent tokens
     /// (`max_size = None` keeps all).
     pub fn build<S: AsRef<str>>(tokens: &[S], max_size: Option<usize>) -> Self {
-        // (count, first position) per token; sorting by (-count, first) is deterministic.
         let mut stats: HashMap<&str, (usize, usize)> = HashMap::new();
         for (pos, t) in tokens.iter().enumerate() {
             stats.entry(t.as_ref()).or_insert((0, pos)).0 += 1;
         }
-        stats.remove(Self::UNK);
-        let mut ranked: Vec<(&str, (usize, usize))> = stats.into_iter().collect();
-        ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.1 .1.cmp(&b.1 .1)));
+        Self::from_counts(
+            stats.into_iter().map(|(t, (n, first))| (t, n, first)),
+            max_size,
+        )
+    }
+
+    /// The vocabulary of a split from its tokens' statistics `(token, count, first position)`:
+    /// `<unk>`, then by decreasing count, ties by first position (deterministic), at most
+    /// `max_size` (`None`: all). The one ranking rule of [`Vocabulary::build`],
+    /// [`crate::TokenStream::vocabulary`] and `perplex data prepare`.
+    pub fn from_counts<'a>(
+        stats: impl IntoIterator<Item = (&'a str, usize, usize)>,
+        max_size: Option<usize>,
+    ) -> Self {
+        let mut ranked: Vec<(&str, usize, usize)> = stats
+            .into_iter()
+            .filter(|&(t, n, _)| n > 0 && t != Self::UNK)
+            .collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
         if let Some(cap) = max_size {
             ranked.truncate(cap);
         }
-        let itos: Vec<String> = std::iter::once(Self::UNK.to_string())
-            .chain(ranked.into_iter().map(|(t, _)| t.to_string()))
-            .collect();
-        let stoi = itos
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as i64))
-            .collect();
-        Self {
-            itos,
-            stoi,
-            unk: Some(0),
-            hf: None,
-        }
+        Self::from_ranked(ranked.into_iter().map(|(t, _, _)| t))
     }
 
     /// Number of tokens, `<unk>` included.
