@@ -1,33 +1,14 @@
 //! Killing `perplex train` at any moment — also while a checkpoint is being written — leaves the
 //! previous checkpoint loadable: a resume from the run directory succeeds.
+mod common;
+
+use common::corpus;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn perplex() -> Command {
     Command::new(env!("CARGO_BIN_EXE_perplex"))
-}
-
-/// Tiny Shakespeare as a user gets it: `perplex data tinyshakespeare` (from
-/// `$PERPLEX_DATA_MIRROR` when set, else its public source; the SHA-256 always verified) into
-/// this test target's temporary directory, once per test binary.
-fn corpus() -> std::path::PathBuf {
-    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
-        let out = Command::new(env!("CARGO_BIN_EXE_perplex"))
-            .args(["data", "tinyshakespeare", "--data-dir"])
-            .arg(&dir)
-            .output()
-            .expect("run perplex data");
-        assert!(
-            out.status.success(),
-            "perplex data tinyshakespeare failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-    .clone()
 }
 
 fn checkpoints(run: &Path) -> usize {

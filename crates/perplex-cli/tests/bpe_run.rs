@@ -1,18 +1,15 @@
 //! A run with `tokenizer = "bpe"` on Tiny Shakespeare: `perplex train` writes the trained
 //! `tokenizer.json` into the run directory, and `generate`, `eval` on a text file and
 //! `train --resume` read that file (never retraining), through the real `perplex` binary.
-use std::path::Path;
+mod common;
+
+use common::corpus;
 use std::process::{Command, Output};
 
 fn perplex() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_perplex"));
     c.env("RUST_LOG", "warn");
     c
-}
-
-fn corpus() -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
-    perplex_data::fetch_corpus("tinyshakespeare", &dir).expect("fetch Tiny Shakespeare")
 }
 
 fn check(out: &Output, what: &str) -> String {

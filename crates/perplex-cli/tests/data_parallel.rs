@@ -3,10 +3,12 @@
 //! rank killed mid-run ends the other with an error naming it instead of a hang (BB2-21), and
 //! launch mistakes end in one line (BB2-24). These tests fail, saying what to install, in a
 //! build without c10d (Gloo's headers, `libgloo-dev`, were missing).
+mod common;
+
+use common::corpus;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// `perplex` with no launcher variable of the test's own environment.
@@ -54,26 +56,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Tiny Shakespeare through `perplex data` (from `$PERPLEX_DATA_MIRROR` when set).
-fn corpus() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
-        let out = perplex()
-            .args(["data", "tinyshakespeare", "--data-dir"])
-            .arg(&dir)
-            .output()
-            .expect("run perplex data");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-    .clone()
 }
 
 /// A config for the tiny character GRU: global batch 8, `steps` steps, `optim` the body of

@@ -1,5 +1,8 @@
 //! `perplex eval`, `generate`, `plot` and `lr-find` on a tiny char-level model trained here for a
 //! few steps on Tiny Shakespeare (fetched by `perplex data`).
+mod common;
+
+use common::corpus;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -8,28 +11,6 @@ fn perplex() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_perplex"));
     c.env("RUST_LOG", "warn");
     c
-}
-
-/// Tiny Shakespeare as a user gets it: `perplex data tinyshakespeare` (from
-/// `$PERPLEX_DATA_MIRROR` when set, else its public source; the SHA-256 always verified) into
-/// this test target's temporary directory, once per test binary.
-fn corpus() -> std::path::PathBuf {
-    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
-        let out = Command::new(env!("CARGO_BIN_EXE_perplex"))
-            .args(["data", "tinyshakespeare", "--data-dir"])
-            .arg(&dir)
-            .output()
-            .expect("run perplex data");
-        assert!(
-            out.status.success(),
-            "perplex data tinyshakespeare failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-    .clone()
 }
 
 /// `--set` overrides for a model small enough to train in seconds.

@@ -1,5 +1,8 @@
 //! A user's mistakes end in a short error naming what is wrong, before any long work, and
 //! without colour codes in redirected logs or libtorch's C++ backtrace (issue 13).
+mod common;
+
+use common::corpus;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -14,22 +17,6 @@ fn perplex() -> Command {
         }
     }
     c
-}
-
-/// Tiny Shakespeare through `perplex data` (from `$PERPLEX_DATA_MIRROR` when set).
-fn corpus() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
-        let out = perplex()
-            .args(["data", "tinyshakespeare", "--data-dir"])
-            .arg(&dir)
-            .output()
-            .expect("run perplex data");
-        check(&out, "perplex data tinyshakespeare");
-        PathBuf::from(text(&out.stdout).trim())
-    })
-    .clone()
 }
 
 /// `--set` overrides for a model small enough to train in seconds.

@@ -1,6 +1,9 @@
 //! A run survives Ctrl-C, preemption and a user's mistakes: SIGINT/SIGTERM checkpoint and exit
 //! 130/143 and the resume continues exactly; a resume that cannot continue changes no file; a
 //! finished run says so; the last validation counts for `best`; a run works from any directory.
+mod common;
+
+use common::corpus;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -10,27 +13,6 @@ fn perplex() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_perplex"));
     c.env("RUST_LOG", "warn").env_remove("NO_COLOR");
     c
-}
-
-/// Tiny Shakespeare as a user gets it: `perplex data tinyshakespeare` (mirror or public source,
-/// checksum verified), once per test binary.
-fn corpus() -> PathBuf {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
-        let out = perplex()
-            .args(["data", "tinyshakespeare", "--data-dir"])
-            .arg(&dir)
-            .output()
-            .expect("run perplex data");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-    .clone()
 }
 
 /// `--set` overrides for a small char-level GRU run named `name` under `runs`.
