@@ -79,28 +79,44 @@ impl RecurrentSizes {
         3.0 * (cell + 2.0 * h * v)
     }
 
-    /// `embedding.weight` `[vocab, embedding_dim]`, `N(0, 1)` (`nn.Embedding`'s default).
+    /// `embedding.weight` `[vocab, embedding_dim]`: `N(0, 1)` (`nn.Embedding`'s default, as the
+    /// seed reference `pytorch_gru_lm.py`), or `U(-0.1, 0.1)` when tied (`word_language_model`'s
+    /// `init_weights`). Tied, the same matrix is the output head: `N(0, 1)` rows would give
+    /// logits of standard deviation about `sqrt(hidden) / 2` (~11 for 512) and a first loss near
+    /// 40 nats instead of `ln(vocab)`.
     pub(crate) fn embedding(&self, path: &nn::Path) -> Tensor {
-        let init = nn::Init::Randn {
-            mean: 0.0,
-            stdev: 1.0,
+        let init = if self.tie_weights {
+            nn::Init::Uniform {
+                lo: -TIED_INIT_RANGE,
+                up: TIED_INIT_RANGE,
+            }
+        } else {
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            }
         };
         (path / "embedding").var("weight", &[self.vocab_size, self.embedding_dim], init)
     }
 
     /// `out.weight` `[vocab, hidden]` (or `embedding` itself when tied: a shallow clone, same
-    /// storage) and `out.bias` `[vocab]`, `U(-1/sqrt(hidden), 1/sqrt(hidden))` (`nn.Linear`).
+    /// storage) and `out.bias` `[vocab]`, `U(-1/sqrt(hidden), 1/sqrt(hidden))` (`nn.Linear`);
+    /// tied, the bias starts at 0 (`word_language_model`'s `init_weights`).
     pub(crate) fn head(&self, path: &nn::Path, embedding: &Tensor) -> (Tensor, Tensor) {
         let o = path / "out";
         let init = uniform(self.hidden_size);
-        let weight = if self.tie_weights {
-            embedding.shallow_clone()
-        } else {
-            o.var("weight", &[self.vocab_size, self.hidden_size], init)
-        };
+        if self.tie_weights {
+            let bias = o.var("bias", &[self.vocab_size], nn::Init::Const(0.0));
+            return (embedding.shallow_clone(), bias);
+        }
+        let weight = o.var("weight", &[self.vocab_size, self.hidden_size], init);
         (weight, o.var("bias", &[self.vocab_size], init))
     }
 }
+
+/// The tied embedding's init range, `U(-0.1, 0.1)`: PyTorch `word_language_model`'s
+/// `initrange`.
+const TIED_INIT_RANGE: f64 = 0.1;
 
 /// [`ModelError::InvalidConfig`] naming `key` unless `value > 0`.
 pub(crate) fn check_positive(key: &'static str, value: i64) -> Result<(), ModelError> {
