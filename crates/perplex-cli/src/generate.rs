@@ -77,6 +77,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             model.tokenizer_kind().unit()
         );
     }
+    if generation.prompt_cropped > 0 {
+        let context = model.model.max_seq_len().unwrap_or(0);
+        eprintln!(
+            "warning: the prompt (with the line break read before it) is {} tokens, more than \
+             the model reads (block_size = {context}): generation continues from its last \
+             {context}, the first {} are not seen",
+            generation.prompt_cropped + context as usize,
+            generation.prompt_cropped
+        );
+    }
     let text = generation.text;
     if text.ends_with('\n') {
         print!("{text}");

@@ -74,6 +74,8 @@ mod tests {
         assert!((norm(&rotated_at(&x, 13)) - norm(&x)).abs() < 1e-5);
     }
 
+    /// BB2-05 (rotary): decoding step `t` after a prompt of `n` gets the angles
+    /// `(n + t) · freq`, the same table row as the full forward.
     #[test]
     fn a_table_row_does_not_depend_on_where_the_table_starts() {
         let (cos_all, sin_all) = tables(0, 10, 8, Device::Cpu).unwrap();

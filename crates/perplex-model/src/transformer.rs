@@ -305,6 +305,14 @@ fn attend(
 ///
 /// Attention is causal multi-head self-attention through libtorch's
 /// `scaled_dot_product_attention`; the MLP is `fc_proj(gelu(fc(x)))`, 4× wide, exact (erf) GELU.
+///
+/// No padding (attention) mask is taken: every row of a batch is read whole, positions from 0,
+/// and the causal mask (`is_causal`) is the only one, so the pitfalls of combining a padding
+/// mask with `is_causal` (pytorch/pytorch#187801) and of fully masked query rows (NaN) cannot
+/// arise. Right padding is harmless: a position never sees a later one, so the real positions'
+/// logits are those of the unpadded row; give the padded positions' targets the loss's
+/// `ignore_index`. Left padding is not masked: the real tokens would attend to the padding and
+/// sit at later positions, so batch prompts of different lengths by decoding them apart.
 /// Initialisation is GPT-2's: every Linear weight and embedding `N(0, 0.02)`, the residual
 /// projections `proj` and `fc_proj` `N(0, 0.02 / sqrt(2 n_layer))`, biases zero, LayerNorm
 /// weights one.

@@ -79,6 +79,9 @@ fn variables_carry_the_reference_state_dict_names() {
     assert!(!names.contains_key("wpe.weight") && names.contains_key("head.weight"));
 }
 
+/// BB2-02 (causal masking): the Transformer takes no padding mask, so `is_causal` is the only
+/// mask and causality must be exact: changing token `t` leaves every logit before `t` bitwise
+/// equal on the CPU, with learned and rotary positions.
 #[test]
 fn changing_a_token_changes_no_earlier_logit() {
     for positions in [Positions::Learned, Positions::Rope] {
@@ -129,6 +132,7 @@ fn decode_against_full_forward(model: &dyn LanguageModel, chunks: &[Tensor], blo
     worst
 }
 
+/// BB2-05 (cached decoding positions), with chunks of several tokens after a cache.
 #[test]
 fn the_kv_cache_decoder_equals_a_full_forward_at_every_position() {
     for positions in [Positions::Learned, Positions::Rope] {
@@ -148,6 +152,8 @@ fn the_kv_cache_decoder_equals_a_full_forward_at_every_position() {
     }
 }
 
+/// BB2-04 (generation past `block_size`) and BB2-05 after the crop: logits of every step equal
+/// a full forward of the last `block_size` tokens.
 #[test]
 fn decoding_past_block_size_crops_to_the_last_block_size_tokens() {
     for positions in [Positions::Learned, Positions::Rope] {
@@ -261,6 +267,8 @@ fn initialisation_is_gpt2s() {
     }
 }
 
+/// BB2-06 (weight tying): the tied model has `vocab × n_embd` fewer parameters, its head is the
+/// embedding's storage, gets both uses' gradients, and sees an in-place edit of the embedding.
 #[test]
 fn a_tied_head_is_the_embedding_and_gets_the_gradient_of_both_uses() {
     let config = tiny(Positions::Learned);
@@ -317,6 +325,8 @@ fn a_tied_head_is_the_embedding_and_gets_the_gradient_of_both_uses() {
     assert_eq!(out.head.weight.double_value(&[0, 0]), 1.0);
 }
 
+/// BB2-06: a checkpoint stores one tensor for the tied pair, and after a load the head is still
+/// the embedding's storage.
 #[test]
 fn a_checkpoint_round_trips_and_stays_tied() {
     let dir = std::env::temp_dir().join(format!("perplex-model-gpt-{}", std::process::id()));
@@ -364,4 +374,236 @@ fn dropout_acts_only_in_training() {
     };
     assert!(run(false).equal(&run(false)));
     assert!(!run(true).equal(&run(true)));
+}
+
+/// The pitfalls' `tiny.toml` model: 65 characters, 2 layers, 2 heads, width 32, bias, tied.
+fn pitfall_tiny(positions: Positions, block_size: i64) -> TransformerLmConfig {
+    TransformerLmConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 32,
+        block_size,
+        bias: true,
+        positions,
+        ..Default::default()
+    }
+}
+
+/// A model of `config` over 65 ids after `steps` Adam steps on windows of a stream that repeats
+/// 23 random ids (its logits are then peaked, as a trained model's, so greedy choices are not
+/// near ties, and its greedy continuation is not constant).
+fn trained(config: &TransformerLmConfig, steps: usize) -> (nn::VarStore, Box<dyn LanguageModel>) {
+    use tch::nn::OptimizerConfig;
+    tch::manual_seed(11);
+    let (vs, model) = build(config, 65);
+    let stream = Tensor::randint(65, [23], (Kind::Int64, Device::Cpu)).repeat([18]);
+    let mut opt = nn::Adam::default().build(&vs, 3e-3).unwrap();
+    let len = config.block_size;
+    for step in 0..steps as i64 {
+        let starts: Vec<i64> = (0..8)
+            .map(|i| (step * 37 + i * 41) % (414 - len - 1))
+            .collect();
+        let window = |offset: i64| {
+            Tensor::stack(
+                &starts
+                    .iter()
+                    .map(|&s| stream.narrow(0, s + offset, len))
+                    .collect::<Vec<_>>(),
+                0,
+            )
+        };
+        let (input, targets) = (window(0), window(1));
+        let loss = logits(model.as_ref(), &input)
+            .view([-1, 65])
+            .cross_entropy_for_logits(&targets.view([-1]));
+        opt.backward_step(&loss);
+    }
+    (vs, model)
+}
+
+/// BB2-02 (a padding mask with `is_causal`): perplex's Transformer takes no padding mask, so
+/// right padding is ordinary later tokens that causal attention never lets earlier positions
+/// see. The pitfall's batch: row 1 right-padded with id 0; perturbing row 0 at position 5 and
+/// row 1 at position 3 leaves the logits before them bitwise equal, and the real positions of
+/// the padded row equal the row run alone without padding (≤ 1e-5), as does row 0 alone.
+#[test]
+fn bb2_02_right_padding_never_reaches_the_real_positions() {
+    for positions in [Positions::Learned, Positions::Rope] {
+        tch::manual_seed(21);
+        let (_vs, model) = build(&pitfall_tiny(positions, 16), 65);
+        let batch = ids(&[&[3, 1, 4, 1, 5, 9, 2, 6], &[2, 7, 1, 8, 2, 0, 0, 0]]);
+        let perturbed = ids(&[&[3, 1, 4, 1, 5, 10, 2, 6], &[2, 7, 1, 11, 2, 0, 0, 0]]);
+        let row1_alone = ids(&[&[2, 7, 1, 8, 2]]);
+        let row0_alone = batch.narrow(0, 0, 1);
+        let run = |x: &Tensor| tch::no_grad(|| logits(model.as_ref(), x));
+        let (a, b) = (run(&batch), run(&perturbed));
+        let (row0, row1) = (a.get(0), a.get(1));
+        assert!(
+            row0.narrow(0, 0, 5).equal(&b.get(0).narrow(0, 0, 5)),
+            "{positions:?}: row 0 positions 0..4 saw position 5"
+        );
+        assert!(
+            row1.narrow(0, 0, 3).equal(&b.get(1).narrow(0, 0, 3)),
+            "{positions:?}: row 1 positions 0..2 saw position 3"
+        );
+        assert!(
+            max_abs_diff(&row0.narrow(0, 5, 3), &b.get(0).narrow(0, 5, 3)) > 1e-4,
+            "{positions:?}: the perturbation must reach position 5 on"
+        );
+        let padded_vs_alone = max_abs_diff(&row1.narrow(0, 0, 5), &run(&row1_alone).get(0));
+        let batched_vs_alone = max_abs_diff(&row0, &run(&row0_alone).get(0));
+        println!(
+            "{positions:?}: padded row vs alone {padded_vs_alone:e}, batched row vs alone \
+             {batched_vs_alone:e}"
+        );
+        assert!(padded_vs_alone <= 1e-5, "{positions:?}: {padded_vs_alone}");
+        assert!(
+            batched_vs_alone <= 1e-5,
+            "{positions:?}: {batched_vs_alone}"
+        );
+    }
+}
+
+/// Whether every element of `t` is finite.
+fn all_finite(t: &Tensor) -> bool {
+    t.isfinite().all().int64_value(&[]) == 1
+}
+
+/// BB2-03 (fully masked rows turn into NaN): with causal attention alone every query sees at
+/// least itself, so no softmax row is empty. One training step on the BB2-02 batch plus a row
+/// with a single real token (padding targets ignored, `ignore_index` -100), and one on a batch
+/// of one-token sequences, give a finite loss and finite gradients for every parameter; the
+/// single real token's logits equal that token run alone.
+#[test]
+fn bb2_03_a_row_with_one_real_token_gives_finite_loss_and_gradients() {
+    for positions in [Positions::Learned, Positions::Rope] {
+        tch::manual_seed(22);
+        let (vs, model) = build(&pitfall_tiny(positions, 16), 65);
+        let input = ids(&[
+            &[3, 1, 4, 1, 5, 9, 2, 6],
+            &[2, 7, 1, 8, 2, 0, 0, 0],
+            &[5, 0, 0, 0, 0, 0, 0, 0],
+        ]);
+        let targets = ids(&[
+            &[1, 4, 1, 5, 9, 2, 6, 5],
+            &[7, 1, 8, 2, -100, -100, -100, -100],
+            &[-100, -100, -100, -100, -100, -100, -100, -100],
+        ]);
+        let one_token = ids(&[&[5], &[9], &[0]]);
+        let one_token_targets = ids(&[&[1], &[2], &[3]]);
+        for (x, y) in [(&input, &targets), (&one_token, &one_token_targets)] {
+            let out = logits(model.as_ref(), x);
+            let loss = out.view([-1, 65]).cross_entropy_loss::<Tensor>(
+                &y.view([-1]),
+                None,
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            );
+            assert!(all_finite(&out), "{positions:?}: logits {:?}", x.size());
+            assert!(all_finite(&loss), "{positions:?}: loss {loss:?}");
+            for mut t in vs.trainable_variables() {
+                t.zero_grad();
+            }
+            loss.backward();
+            for (name, t) in vs.variables() {
+                assert!(
+                    t.grad().defined() && all_finite(&t.grad()),
+                    "{positions:?}: gradient of {name}"
+                );
+            }
+        }
+        let alone = tch::no_grad(|| logits(model.as_ref(), &ids(&[&[5]])));
+        let batched = tch::no_grad(|| logits(model.as_ref(), &input));
+        assert!(max_abs_diff(&batched.get(2).narrow(0, 0, 1), &alone.get(0)) <= 1e-5);
+    }
+}
+
+/// Greedy decoding of `new_tokens` after `prompt` (`[batch, n]`) with the key/value-cache
+/// decoder and, as the reference, with an uncached full forward over the last
+/// `min(len, block_size)` tokens at each step. Returns both id sequences (`[batch, new_tokens]`)
+/// and the largest difference between the two logits over all steps.
+fn greedy_cached_and_uncached(
+    model: &dyn LanguageModel,
+    prompt: &Tensor,
+    new_tokens: usize,
+    block_size: i64,
+) -> (Tensor, Tensor, f64) {
+    tch::no_grad(|| {
+        let batch = prompt.size()[0];
+        let mut decoder = model.decoder(batch, Device::Cpu);
+        let mut cached_logits = decoder.feed(prompt).unwrap();
+        let mut seen = prompt.shallow_clone();
+        let (mut cached, mut uncached) = (Vec::new(), Vec::new());
+        let mut worst: f64 = 0.0;
+        for _ in 0..new_tokens {
+            let len = seen.size()[1];
+            let window = seen.narrow(1, (len - block_size).max(0), len.min(block_size));
+            let full = logits(model, &window).select(1, -1);
+            worst = worst.max(max_abs_diff(&cached_logits, &full));
+            let next_cached = cached_logits.argmax(-1, true);
+            uncached.push(full.argmax(-1, true));
+            seen = Tensor::cat(&[&seen, &next_cached], 1);
+            cached_logits = decoder.feed(&next_cached).unwrap();
+            cached.push(next_cached);
+        }
+        (Tensor::cat(&cached, 1), Tensor::cat(&uncached, 1), worst)
+    })
+}
+
+/// BB2-04 (generation past `block_size` with learned positions): `block_size = 8`, the prompt
+/// `1..=6` and 20 greedy tokens (the 4th needs position 8). The cached decoder never indexes
+/// the position table out of range; its ids equal the crop reference (an uncached forward of
+/// the last `min(len, 8)` tokens, argmax) exactly. A 12-id prompt is read as its last 8 ids.
+#[test]
+fn bb2_04_greedy_decoding_past_block_size_equals_the_crop_reference() {
+    for positions in [Positions::Learned, Positions::Rope] {
+        let config = pitfall_tiny(positions, 8);
+        let (_vs, model) = trained(&config, 20);
+        let prompt = ids(&[&[1, 2, 3, 4, 5, 6]]);
+        let (cached, uncached, diff) = greedy_cached_and_uncached(model.as_ref(), &prompt, 20, 8);
+        println!("{positions:?}: 20 tokens past block_size 8: max logit diff {diff:e}");
+        assert_eq!(cached.size(), [1, 20]);
+        assert!(
+            cached.equal(&uncached),
+            "{positions:?}: {cached:?} vs {uncached:?}"
+        );
+        assert!(diff <= 1e-5, "{positions:?}: {diff}");
+
+        let long: Vec<i64> = (1..=12).collect();
+        let long = ids(&[&long]);
+        let got = tch::no_grad(|| model.decoder(1, Device::Cpu).feed(&long).unwrap());
+        let last8 = tch::no_grad(|| logits(model.as_ref(), &long.narrow(1, 4, 8)).select(1, -1));
+        assert!(max_abs_diff(&got, &last8) <= 1e-5, "{positions:?}");
+    }
+}
+
+/// BB2-05 (cached decoding uses the wrong positions): `tiny.toml` (block_size 16) after 50
+/// steps, learned and rotary; the prompt `[18, 47, 56, 57, 58]` twice in one batch, then 30
+/// greedy tokens with the cache (past block_size from the 12th). At every step the cached
+/// logits equal the last-position logits of a full uncached forward (≤ 1e-5), the greedy ids
+/// equal the uncached ones, and both rows of the batch agree.
+#[test]
+fn bb2_05_cached_decoding_equals_a_full_forward_at_every_step() {
+    for positions in [Positions::Learned, Positions::Rope] {
+        let config = pitfall_tiny(positions, 16);
+        let (_vs, model) = trained(&config, 50);
+        let prompt = ids(&[&[18, 47, 56, 57, 58], &[18, 47, 56, 57, 58]]);
+        let (cached, uncached, diff) = greedy_cached_and_uncached(model.as_ref(), &prompt, 30, 16);
+        println!("{positions:?}: 30 cached greedy steps: max logit diff {diff:e}");
+        assert!(diff <= 1e-5, "{positions:?}: {diff}");
+        assert!(
+            cached.equal(&uncached),
+            "{positions:?}: {cached:?} vs {uncached:?}"
+        );
+        assert!(
+            cached.get(0).equal(&cached.get(1)),
+            "{positions:?}: rows differ"
+        );
+        let distinct = Vec::<i64>::try_from(cached.get(0)).unwrap();
+        assert!(
+            distinct.iter().any(|&i| i != distinct[0]),
+            "{positions:?}: a constant continuation would prove little"
+        );
+    }
 }

@@ -12,13 +12,19 @@
 //! | `rmsprop`, `adagrad` | [`RmspropConfig`], [`AdagradConfig`] | | `reduce_on_plateau` | [`ReduceOnPlateauConfig`] |
 //!
 //! ```
-//! use perplex_optim::{AdamConfig, OptimizerConfig, ScheduleConfig, WarmupCosineConfig};
+//! use perplex_optim::{AdamConfig, OptimizerConfig, ScheduleConfig, WarmupCosineConfig, WarmupRule};
 //! use tch::{Device, Kind, Tensor};
 //!
 //! let w = Tensor::ones([3], (Kind::Double, Device::Cpu)).set_requires_grad(true);
 //! let config = AdamConfig::default();
 //! let mut opt = config.build(vec![("w".into(), w.shallow_clone())])?;
-//! let schedule = WarmupCosineConfig { warmup_steps: 2, total_steps: 10, min_lr: 0.0 }.build(config.lr)?;
+//! let warmup_cosine = WarmupCosineConfig {
+//!     warmup_steps: 2,
+//!     total_steps: 10,
+//!     min_lr: 0.0,
+//!     warmup_rule: WarmupRule::Nanogpt,
+//! };
+//! let schedule = warmup_cosine.build(config.lr)?;
 //! for step in 0..3 {
 //!     opt.set_lr(schedule.lr(step));
 //!     (&w * &w).sum(Kind::Double).backward();
@@ -50,6 +56,6 @@ pub use rmsprop::{Rmsprop, RmspropConfig};
 pub use schedule::{
     ConstantConfig, CosineConfig, ExponentialConfig, InverseSqrtConfig, LrSchedule, PlateauMode,
     ReduceOnPlateau, ReduceOnPlateauConfig, ScheduleConfig, Stateless, StepConfig, StepFunction,
-    ThresholdMode, WarmupCosineConfig, WarmupLinearConfig,
+    ThresholdMode, WarmupCosineConfig, WarmupLinearConfig, WarmupRule,
 };
 pub use sgd::{Sgd, SgdConfig};

@@ -132,9 +132,13 @@ fn schedules_follow_torch_learning_rates() {
         let label = format!("{name} {}", case["options"]);
         // `formula` documents the lambda and `metrics` feeds the validations: neither is an
         // option.
-        let config: Box<dyn ScheduleConfig> =
-            serde_json::from_value(typed(name, &case["options"], &["formula", "metrics"]))
-                .unwrap_or_else(|e| panic!("{label}: options do not deserialise: {e}"));
+        let mut options = typed(name, &case["options"], &["formula", "metrics"]);
+        // The golden warm-ups are `transformers`' (`k / w`), not perplex's default (nanoGPT's).
+        if name.starts_with("warmup_") {
+            options["warmup_rule"] = "transformers".into();
+        }
+        let config: Box<dyn ScheduleConfig> = serde_json::from_value(options)
+            .unwrap_or_else(|e| panic!("{label}: options do not deserialise: {e}"));
         let mut schedule = config
             .build(base_lr)
             .unwrap_or_else(|e| panic!("{label}: {e}"));

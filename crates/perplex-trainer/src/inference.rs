@@ -60,6 +60,10 @@ pub struct Generation {
     pub prompt_ids: Vec<i64>,
     /// Prompt tokens that are not in the vocabulary.
     pub prompt_unknown: usize,
+    /// Tokens at the start of what was read (the line break and the prompt) that a model with a
+    /// bounded context ([`LanguageModel::max_seq_len`], a Transformer's `block_size`) never saw:
+    /// it reads only the last `max_seq_len` tokens. 0 when everything fits.
+    pub prompt_cropped: usize,
     /// The generated ids, `max_tokens` of them.
     pub ids: Vec<i64>,
     /// Prompt and continuation as text ([`perplex_data::Tokenizer::detokenize`]).
@@ -386,6 +390,10 @@ impl LoadedModel {
                 ),
             });
         }
+        let prompt_cropped = self
+            .model
+            .max_seq_len()
+            .map_or(0, |n| feed.len().saturating_sub(n.max(0) as usize));
         let ids = tch::no_grad(|| self.sample_ids(&feed, options, sampler))?;
         let mut tokens: Vec<&str> = prompt_tokens.iter().map(String::as_str).collect();
         tokens.extend(
@@ -395,6 +403,7 @@ impl LoadedModel {
         Ok(Generation {
             prompt_ids,
             prompt_unknown,
+            prompt_cropped,
             text: tokenizer.detokenize(&tokens),
             ids,
         })

@@ -1,8 +1,9 @@
 //! Learning-rate schedules: a config (the `[schedule]` section, picked by `type`) builds an
 //! [`LrSchedule`] that answers "what learning rate does step k use".
 //!
-//! Every schedule follows `torch.optim.lr_scheduler` (or the Hugging Face `transformers`
-//! formulas for the warm-up schedules) and is checked against its learning rates. A schedule
+//! Every schedule follows `torch.optim.lr_scheduler` (or, for the warm-up schedules, nanoGPT's
+//! warm-up and the Hugging Face `transformers` formulas) and is checked against its learning
+//! rates. A schedule
 //! returns a number; the caller hands it to [`crate::Optimizer::set_lr`] before each step.
 use std::fmt::Debug;
 
@@ -14,7 +15,7 @@ mod warmup;
 
 pub use decay::{ConstantConfig, CosineConfig, ExponentialConfig, StepConfig};
 pub use plateau::{PlateauMode, ReduceOnPlateau, ReduceOnPlateauConfig, ThresholdMode};
-pub use warmup::{InverseSqrtConfig, WarmupCosineConfig, WarmupLinearConfig};
+pub use warmup::{InverseSqrtConfig, WarmupCosineConfig, WarmupLinearConfig, WarmupRule};
 
 /// A schedule's configuration, picked by `type` (`constant`, `step`, `exponential`, `cosine`,
 /// `warmup_cosine`, `warmup_linear`, `inverse_sqrt`, `reduce_on_plateau`).
@@ -170,17 +171,64 @@ mod tests {
         assert!(build(bad, 0.1).unwrap_err().to_string().contains("min_lr"));
     }
 
+    /// BB2-09: with nanoGPT's warm-up (the default) step 0 already trains, the cosine reaches
+    /// `min_lr` exactly at `total_steps` and stays there, and no lr falls below `min_lr`. The
+    /// pitfall's `tiny.toml` schedule (w = 4, T = 12, lr 1e-3, `min_lr` 1e-4); expected values
+    /// computed in Python from `get_lr` of `shared/reference/pytorch_gpt_lm.py` (nanoGPT after
+    /// PR #578): `lr·(it+1)/(w+1)` below w, `min_lr` above T.
     #[test]
-    fn warmup_schedules_start_at_zero_and_peak_after_warmup() {
+    fn bb2_09_warmup_cosine_trains_at_step_0_and_ends_exactly_at_min_lr() {
+        let json =
+            r#"{"type": "warmup_cosine", "warmup_steps": 4, "total_steps": 12, "min_lr": 1e-4}"#;
+        let s = build(json, 1e-3).unwrap();
+        let expected = [
+            2e-4,
+            4e-4,
+            6e-4,
+            8e-4,
+            1e-3,
+            9.657458e-4,
+            8.681981e-4,
+            7.222075e-4,
+            5.5e-4,
+            3.777925e-4,
+            2.318019e-4,
+            1.342542e-4,
+            1e-4,
+            1e-4,
+        ];
+        for (k, want) in expected.iter().enumerate() {
+            let got = s.lr(k as i64);
+            assert!(
+                ((got - want) / want).abs() < 1e-6,
+                "step {k}: lr {got}, expected {want}"
+            );
+        }
+        assert!(s.lr(0) > 0.0, "the first step must not be a no-op");
+        assert_eq!(s.lr(12), 1e-4, "exactly min_lr at total_steps");
+        for k in 0..200 {
+            assert!(s.lr(k) >= 1e-4, "step {k}: {} below min_lr", s.lr(k));
+        }
+        assert!((4..200).all(|k| s.lr(k + 1) <= s.lr(k)), "no rise after T");
+    }
+
+    #[test]
+    fn warmup_rules_nanogpt_by_default_transformers_from_zero() {
         for ty in ["warmup_cosine", "warmup_linear"] {
             let json = format!(r#"{{"type": "{ty}", "warmup_steps": 4, "total_steps": 10}}"#);
+            let s = build(&json, 1.0).unwrap();
+            assert_eq!(lrs(s.as_ref(), 0..5), vec![0.2, 0.4, 0.6, 0.8, 1.0], "{ty}");
+            assert!(s.lr(10).abs() < 1e-15, "{ty} is not 0 at total_steps");
+            let json = format!(
+                r#"{{"type": "{ty}", "warmup_steps": 4, "total_steps": 10,
+                     "warmup_rule": "transformers"}}"#
+            );
             let s = build(&json, 1.0).unwrap();
             assert_eq!(
                 lrs(s.as_ref(), 0..5),
                 vec![0.0, 0.25, 0.5, 0.75, 1.0],
                 "{ty}"
             );
-            assert!(s.lr(10).abs() < 1e-15, "{ty} is not 0 at total_steps");
         }
         let linear = build(
             r#"{"type": "warmup_linear", "warmup_steps": 4, "total_steps": 10}"#,
@@ -189,12 +237,21 @@ mod tests {
         .unwrap();
         assert_eq!(linear.lr(7), 0.5);
         assert_eq!(linear.lr(20), 0.0);
+        let err = serde_json::from_str::<Box<dyn ScheduleConfig>>(
+            r#"{"type": "warmup_cosine", "warmup_steps": 1, "total_steps": 2, "warmup_rule": "llm.c"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("nanogpt"), "{err}");
     }
 
     #[test]
     fn inverse_sqrt_warms_up_then_decays_as_one_over_root_step() {
         let s = build(r#"{"type": "inverse_sqrt", "warmup_steps": 4}"#, 1.0).unwrap();
-        assert_eq!(lrs(s.as_ref(), 0..5), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(lrs(s.as_ref(), 0..5), vec![0.2, 0.4, 0.6, 0.8, 1.0]);
+        let transformers =
+            r#"{"type": "inverse_sqrt", "warmup_steps": 4, "warmup_rule": "transformers"}"#;
+        let t = build(transformers, 1.0).unwrap();
+        assert_eq!(lrs(t.as_ref(), 0..5), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
         assert_eq!(s.lr(16), 0.5);
         assert_eq!(s.lr(64), 0.25);
         let no_warmup = build(r#"{"type": "inverse_sqrt", "warmup_steps": 0}"#, 1.0).unwrap();

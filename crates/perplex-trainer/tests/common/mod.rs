@@ -66,3 +66,76 @@ run_name = "{run}"
     std::fs::write(&p, body).unwrap();
     perplex_trainer::RunConfig::load(Some(&p), &[]).unwrap()
 }
+
+/// The first 6,000 characters of Tiny Shakespeare, written once into `dir`.
+pub fn small_shakespeare(dir: &std::path::Path) -> PathBuf {
+    let text = std::fs::read_to_string(tiny_shakespeare()).unwrap();
+    let p = dir.join("small.txt");
+    std::fs::write(&p, &text[..6000]).unwrap();
+    p
+}
+
+/// The pitfalls' `tiny.toml` GPT as a character-level run on 6,000 characters of Tiny
+/// Shakespeare (2 layers, 2 heads, width 32, block_size 16, bias, tied head; AdamW lr 1e-3, wd
+/// 0.1, betas 0.9/0.95; 4 windows of 16 per step; one log line per step, no validation):
+/// `sections` are more TOML sections (a `[schedule]`), `extra` more `[trainer]` keys. Steps take
+/// milliseconds.
+pub fn tiny_gpt_config(
+    dir: &std::path::Path,
+    run: &str,
+    sections: &str,
+    extra: &str,
+) -> perplex_trainer::RunConfig {
+    let body = format!(
+        r#"
+[data]
+path = "{}"
+tokenizer = "char"
+max_vocab_size = 0
+batch_size = 4
+seq_len = 16
+[model]
+type = "transformer"
+n_layer = 2
+n_head = 2
+n_embd = 32
+block_size = 16
+bias = true
+tie_weights = true
+[optim]
+type = "adamw"
+lr = 1e-3
+weight_decay = 0.1
+betas = [0.9, 0.95]
+{sections}
+[trainer]
+epochs = 1
+device = "cpu"
+threads = 1
+eval = false
+log_every = 1
+progress = false
+run_dir = "{}"
+run_name = "{run}"
+{extra}
+"#,
+        small_shakespeare(dir).display(),
+        dir.display()
+    );
+    let p = dir.join(format!("{run}.toml"));
+    std::fs::write(&p, body).unwrap();
+    perplex_trainer::RunConfig::load(Some(&p), &[]).unwrap()
+}
+
+/// `(step, value)` of every "train" line of a run's `metrics.jsonl`, for the key `key`
+/// (`loss`, `lr`). A line's `step` counts the steps taken, so its lr is that of 0-based step
+/// `step - 1`.
+pub fn train_log(run: &std::path::Path, key: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v[key].as_f64().unwrap()))
+        .collect()
+}
