@@ -13,6 +13,7 @@ use tch::Tensor;
 /// times the local value.
 #[derive(Debug)]
 struct Mirror {
+    rank: usize,
     world_size: usize,
     /// What `reduce_gradients` multiplies by (the right one is `world_size`).
     gradient_factor: f64,
@@ -20,7 +21,7 @@ struct Mirror {
 
 impl Strategy for Mirror {
     fn rank(&self) -> usize {
-        0
+        self.rank
     }
 
     fn world_size(&self) -> usize {
@@ -91,6 +92,7 @@ fn identical_ranks_step_as_one_process_and_wrong_reductions_do_not() {
     let (w1, l1) = train(dir.path(), "single", None);
     for world_size in [2, 4] {
         let right = Mirror {
+            rank: 0,
             world_size,
             gradient_factor: world_size as f64,
         };
@@ -111,10 +113,55 @@ fn identical_ranks_step_as_one_process_and_wrong_reductions_do_not() {
     // twice (× 1) moves the weights away from the single process's.
     for factor in [4.0, 1.0] {
         let wrong = Mirror {
+            rank: 0,
             world_size: 2,
             gradient_factor: factor,
         };
         let (w, _) = train(dir.path(), &format!("wrong-{factor}"), Some(wrong));
         assert!(max_diff(&w1, &w) > 1e-3, "factor {factor} went unnoticed");
     }
+}
+
+/// The training loss of one step on rank `rank` (of 2, every rank holding the same batch) of
+/// the tiny GRU with `dropout`.
+fn first_step_loss(dir: &std::path::Path, name: &str, rank: usize, dropout: f64) -> f64 {
+    let loss = "type = \"softmax_cross_entropy\"";
+    let _ = common::tiny_char_config(dir, name, loss, "eval = false");
+    let cfg = perplex_trainer::RunConfig::load(
+        Some(&dir.join(format!("{name}.toml"))),
+        &[
+            format!("model.dropout={dropout}"),
+            "trainer.max_steps=1".into(),
+        ],
+    )
+    .unwrap();
+    let strategy = Mirror {
+        rank,
+        world_size: 2,
+        gradient_factor: 2.0,
+    };
+    let summary = Trainer::from_config(cfg)
+        .unwrap()
+        .with_strategy(Box::new(strategy))
+        .fit()
+        .unwrap();
+    assert_eq!(summary.steps, 1);
+    summary.epochs[0].train_loss
+}
+
+/// Pitfall BB2-17: ranks seeded alike would draw the same dropout masks (N ranks doing one's
+/// work). Dropout is seeded from (seed, step, rank): on the same batch, rank 0 and rank 1 get
+/// different losses with dropout, equal ones without, and a rank reruns identically.
+#[test]
+fn ranks_draw_different_dropout_masks_and_the_same_ones_on_a_rerun() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let rank0 = first_step_loss(dir.path(), "dropout-r0", 0, 0.3);
+    let rank1 = first_step_loss(dir.path(), "dropout-r1", 1, 0.3);
+    let rank1_again = first_step_loss(dir.path(), "dropout-r1-again", 1, 0.3);
+    assert_ne!(rank0, rank1, "ranks 0 and 1 drew the same dropout masks");
+    assert_eq!(rank1, rank1_again, "a rerun of rank 1 drew other masks");
+    let plain0 = first_step_loss(dir.path(), "plain-r0", 0, 0.0);
+    let plain1 = first_step_loss(dir.path(), "plain-r1", 1, 0.0);
+    assert_eq!(plain0, plain1, "without dropout the ranks' losses differ");
 }

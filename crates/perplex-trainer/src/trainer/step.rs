@@ -12,6 +12,10 @@ use super::Trainer;
 use crate::config::OnNonFinite;
 use crate::TrainerError;
 
+/// What each rank adds to the dropout seed, per rank: odd, and in the low 32 bits that the CPU
+/// generator keeps (`0x9E37_79B9`, 2^32 divided by the golden ratio).
+const RANK_SEED_STRIDE: i64 = 0x9E37_79B9;
+
 impl Trainer {
     /// One optimiser step of the trainer's own step (accumulation, precision, clipping,
     /// non-finite handling) at learning rate `lr`, carrying `state`. Returns the step's loss and
@@ -39,8 +43,11 @@ impl Trainer {
     ) -> Result<(Tensor, bool), TrainerError> {
         self.last_grad_norm = f64::NAN;
         // Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones, and
-        // ranks draw different ones for their different rows (pitfall BB2-17).
-        let rank = (self.strategy.rank() as i64) << 32;
+        // ranks draw different ones for their different rows (pitfall BB2-17). libtorch's CPU
+        // generator (mt19937) keeps only the low 32 bits of a seed, so the rank must change
+        // those: rank r adds r times an odd constant (2^32 / golden ratio), which gives distinct
+        // ranks distinct seeds at every step, and rank 0 the seed of a single process.
+        let rank = (self.strategy.rank() as i64).wrapping_mul(RANK_SEED_STRIDE);
         tch::manual_seed(
             self.config
                 .seed
