@@ -165,3 +165,89 @@ fn ranks_draw_different_dropout_masks_and_the_same_ones_on_a_rerun() {
     let plain1 = first_step_loss(dir.path(), "plain-r1", 1, 0.0);
     assert_eq!(plain0, plain1, "without dropout the ranks' losses differ");
 }
+
+/// Stands for rank `rank` of 2 holding the whole batch (as [`Mirror`]) and records, at every
+/// barrier, the steps of the checkpoints then on disk under `run` (none for a process that
+/// writes nothing).
+#[derive(Debug)]
+struct BarrierRecorder {
+    mirror: Mirror,
+    run: std::path::PathBuf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<u64>>>>,
+}
+
+impl Strategy for BarrierRecorder {
+    fn rank(&self) -> usize {
+        self.mirror.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.mirror.world_size()
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, TrainerError> {
+        self.mirror.all_reduce_sum(t)
+    }
+
+    fn shard(&self, batches: Box<dyn Batches>) -> Result<Box<dyn Batches>, TrainerError> {
+        self.mirror.shard(batches)
+    }
+
+    fn reduce_gradients(&self, params: &[(String, Tensor)]) -> Result<(), TrainerError> {
+        self.mirror.reduce_gradients(params)
+    }
+
+    fn barrier(&self) -> Result<(), TrainerError> {
+        let mut steps: Vec<u64> = std::fs::read_dir(self.run.join("checkpoints"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+            .collect();
+        steps.sort();
+        self.seen.lock().unwrap().push(steps);
+        Ok(())
+    }
+}
+
+/// Only rank 0 writes checkpoints, and every rank waits at a barrier after each one, rank 0
+/// once it is on disk (and once more at the end, after the final weights and summary), so no
+/// rank runs ahead of, or exits during, rank 0's writing.
+#[test]
+fn every_rank_waits_at_a_barrier_after_each_checkpoint_is_written() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let loss = "type = \"softmax_cross_entropy\"";
+    let mut seen_by_rank = Vec::new();
+    for rank in [0, 1] {
+        let name = format!("barrier-r{rank}");
+        let mut cfg = common::tiny_char_config(
+            dir.path(),
+            &name,
+            loss,
+            "eval = false\neval_every = 2\nkeep_last = 10",
+        );
+        cfg.trainer.max_steps = 4;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let strategy = BarrierRecorder {
+            mirror: Mirror {
+                rank,
+                world_size: 2,
+                gradient_factor: 2.0,
+            },
+            run: dir.path().join(&name),
+            seen: std::sync::Arc::clone(&seen),
+        };
+        Trainer::from_config(cfg)
+            .unwrap()
+            .with_strategy(Box::new(strategy))
+            .fit()
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        seen_by_rank.push(seen);
+    }
+    // Checkpoints at steps 2 and 4, then the end of the run.
+    assert_eq!(seen_by_rank[0], vec![vec![2], vec![2, 4], vec![2, 4]]);
+    // Rank 1 writes nothing but meets rank 0 at each of those barriers.
+    assert_eq!(seen_by_rank[1], vec![Vec::<u64>::new(); 3]);
+}

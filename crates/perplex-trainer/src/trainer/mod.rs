@@ -647,13 +647,11 @@ impl Trainer {
         let mut rows = Vec::with_capacity(state.0.len());
         for (i, t) in state.0.into_iter().enumerate() {
             if t.dim() < 2 || t.size()[1] != global {
+                // `Trainer::resume` checked this against data.batch_size already.
                 return Err(TrainerError::Config {
                     source_name: format!("checkpoint state.safetensors, tensor hidden.{i}"),
                     message: format!(
-                        "shape {:?} does not hold the global batch of {global} rows in dimension \
-                         1 (data.batch_size; a checkpoint written before perplex recorded the \
-                         world size holds rank 0's rows only: resume it with its own world size \
-                         at an epoch's start, or start a new run)",
+                        "shape {:?} does not hold the global batch of {global} rows in dimension 1",
                         t.size()
                     ),
                 });

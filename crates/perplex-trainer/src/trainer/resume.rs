@@ -92,9 +92,13 @@ impl Trainer {
         check_resumable(&saved, &config, manifest.window > 0, &run)?;
         check_world_size(&config, manifest.world_size, world_size, &ckpt)?;
         let vocab = perplex_data::Vocabulary::load(&run.join(files::VOCAB))?;
+        let batch_size = config.data.batch_size as i64;
         let mut trainer = Self::build(config, run.clone(), Some(vocab))?;
         let (manifest, hidden) =
             checkpoint::load(&ckpt, &mut trainer.vs, trainer.optimizer.as_mut())?;
+        if let Some(h) = &hidden {
+            check_state_rows(h, batch_size, &ckpt)?;
+        }
         if let Some(s) = trainer.schedule.as_mut() {
             s.load_state(&manifest.schedule_state)?;
         }
@@ -143,6 +147,32 @@ impl Trainer {
         );
         Ok(trainer)
     }
+}
+
+/// The saved state must hold every row of the global batch (dimension 1 of each tensor). A
+/// mid-epoch checkpoint of a multi-process run written before the state was gathered holds rank
+/// 0's rows only.
+fn check_state_rows(
+    state: &perplex_model::HiddenState,
+    batch_size: i64,
+    ckpt: &Path,
+) -> Result<(), TrainerError> {
+    for (i, t) in state.0.iter().enumerate() {
+        if t.dim() < 2 || t.size()[1] != batch_size {
+            return Err(TrainerError::Config {
+                source_name: ckpt.join("state.safetensors").display().to_string(),
+                message: format!(
+                    "tensor hidden.{i} has shape {:?}, which does not hold the global batch of \
+                     data.batch_size = {batch_size} rows in dimension 1 (a mid-epoch checkpoint \
+                     of a multi-process run from before perplex gathered the state holds rank \
+                     0's rows only): resume from a checkpoint at an epoch's start, or start a new \
+                     run; nothing was changed",
+                    t.size()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Accepts a resume with another world size when it divides the global batch (each process
