@@ -363,6 +363,24 @@ mod tests {
         }
     }
 
+    /// Pitfall BB2-16 (a): with N = 10 tokens and T = 4, every start 0..=5 is drawn (the last
+    /// window's target ends on the last token) and no start past it (a short target).
+    #[test]
+    fn random_window_starts_reach_the_last_full_window_and_never_past_it() {
+        let w = RandomWindows::new(ids(10), 1, 4, 0, "train", Device::Cpu).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for epoch in 1..=2000 {
+            for (x, y) in collect_epoch(&w, epoch).unwrap() {
+                assert_eq!(x.len(), 4);
+                assert!(x.iter().zip(&y).all(|(a, b)| *b == a + 1), "{x:?} {y:?}");
+                seen.insert(x[0]);
+            }
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    /// Pitfall BB2-17: the order of windows is a function of the seed and the epoch, so each
+    /// epoch draws a new order (no `set_epoch` trap) and a second run the same orders.
     #[test]
     fn random_windows_are_a_function_of_seed_and_cursor() {
         let a = RandomWindows::new(ids(5000), 3, 5, 1, "train", Device::Cpu).unwrap();
@@ -396,6 +414,9 @@ mod tests {
         }
     }
 
+    /// Pitfalls BB2-16 and BB2-17: every process reads its own rows of the same global batch,
+    /// so the shards never overlap, together cover the batch, and move to the next window at
+    /// the same step.
     #[test]
     fn shards_are_disjoint_rows_whose_union_is_the_batch() {
         let w = RandomWindows::new(ids(3000), 4, 6, 9, "train", Device::Cpu).unwrap();

@@ -15,7 +15,13 @@ use crate::{DistError, ProcessGroup};
 pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
 
 /// Data-parallel training: every rank holds the whole model and reads its rows of each global
-/// batch ([`Strategy::shard`]'s default); only rank 0 writes files.
+/// batch ([`Strategy::shard`]'s default); only rank 0 writes files, and the other ranks wait for
+/// each checkpoint at a barrier.
+///
+/// The gradient all-reduce does **not** overlap the backward pass: it runs after the last
+/// micro-batch's backward has finished, bucket after bucket. PyTorch's DDP starts a bucket's
+/// all-reduce from autograd hooks as soon as its gradients are ready; tch exposes no such
+/// per-parameter hook, so here communication and computation take turns.
 #[derive(Debug)]
 pub struct DataParallel {
     group: ProcessGroup,
@@ -136,6 +142,14 @@ impl Strategy for DataParallel {
         let sum = t.f_detach()?.f_contiguous()?.copy();
         self.group.all_reduce_sum(&sum)?;
         Ok(sum)
+    }
+
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor, TrainerError> {
+        Ok(self.group.all_gather(&t.f_detach()?)?)
+    }
+
+    fn barrier(&self) -> Result<(), TrainerError> {
+        Ok(self.group.barrier()?)
     }
 
     fn reduce_gradients(&self, params: &[(String, Tensor)]) -> Result<(), TrainerError> {

@@ -2,8 +2,9 @@
 //!
 //! A checkpoint is a directory `RUN/checkpoints/step-NNNNNNNN/` (and `best/`) holding
 //! `model.safetensors` (weights), `optimizer.safetensors` (moments, named `PARAM.exp_avg`, ...),
-//! `state.safetensors` (the recurrent hidden state mid-epoch) and `manifest.json` (step, data
-//! position, best metric, schedule state). It is written into a temporary directory that is
+//! `state.safetensors` (the recurrent hidden state mid-epoch, every row of the global batch, also
+//! in a data-parallel run) and `manifest.json` (step, data position, best metric, schedule state,
+//! the world size of the run that wrote it). It is written into a temporary directory that is
 //! renamed into place only when complete, so a kill at any moment leaves the previous checkpoint
 //! loadable.
 use std::path::{Path, PathBuf};
@@ -55,6 +56,15 @@ pub struct Manifest {
     pub epoch_tokens: u64,
     /// Training seconds in the current epoch so far.
     pub epoch_seconds: f64,
+    /// The number of processes of the run that wrote the checkpoint (1 in checkpoints written
+    /// before it was recorded). The checkpoint itself does not depend on it: its hidden state
+    /// holds the global batch (`data.batch_size` rows), whatever the world size.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Writes a checkpoint named `name` under `run/checkpoints/`, atomically.

@@ -33,7 +33,7 @@ pub enum TrainerError {
     #[error(transparent)]
     Optim(#[from] perplex_optim::OptimError),
     /// The loss became NaN or infinite.
-    #[error("the training loss became non-finite ({value}) at step {step} (epoch {epoch}); no update was made from it, and the run's last checkpoint (if one was written) is kept")]
+    #[error("the training loss became non-finite ({value}) at step {step} (epoch {epoch}){ranks}; no update was made from it, and the run's last checkpoint (if one was written) is kept")]
     NonFinite {
         /// Global step (1-based).
         step: u64,
@@ -41,6 +41,9 @@ pub enum TrainerError {
         epoch: u64,
         /// The value read.
         value: f64,
+        /// In a data-parallel run, the processes whose own loss was non-finite, as
+        /// `" on rank 1 of 2"`; empty in one process.
+        ranks: String,
     },
     /// A gradient held an `inf` or NaN (with `on_non_finite = "stop"`).
     #[error("the gradient of `{parameter}` became non-finite at step {step} (epoch {epoch}; global gradient norm {norm}); the step was not taken, and the run's last checkpoint (if one was written) is kept")]

@@ -47,6 +47,7 @@ pub mod config;
 pub(crate) mod config_tree;
 pub mod device;
 pub mod error;
+pub mod fault;
 pub mod host_memory;
 pub mod inference;
 pub mod interrupt;

@@ -16,7 +16,10 @@
 //! Each process reads its own shard of every loader ([`Strategy::shard`]). Before the first step
 //! [`Strategy::prepare`] sees every variable of the model (data parallelism copies rank 0's).
 //!
-//! Only the primary process ([`Strategy::is_primary`]) writes the run directory.
+//! Only the primary process ([`Strategy::is_primary`]) writes the run directory; at a checkpoint
+//! every process first gathers the recurrent state's rows ([`Strategy::all_gather`]) so that the
+//! primary one saves the global batch's state, and after it every process waits at
+//! [`Strategy::barrier`] until the checkpoint is on disk.
 use std::fmt::Debug;
 
 use perplex_data::Batches;
@@ -64,6 +67,24 @@ pub trait Strategy: Debug + Send {
     /// # Errors
     /// Communication or libtorch errors.
     fn prepare(&self, _variables: &[(String, Tensor)]) -> Result<(), TrainerError> {
+        Ok(())
+    }
+
+    /// Every process's `t`, stacked along a new first dimension: `[world_size, ...t's shape]`,
+    /// row r being process r's. Every process must pass the same shape and dtype. One process:
+    /// `t` with a leading dimension of 1.
+    ///
+    /// # Errors
+    /// Communication or libtorch errors.
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor, TrainerError> {
+        Ok(t.f_detach()?.f_unsqueeze(0)?)
+    }
+
+    /// Returns once every process has called it (nothing to wait for with one process).
+    ///
+    /// # Errors
+    /// Communication errors (a process is gone).
+    fn barrier(&self) -> Result<(), TrainerError> {
         Ok(())
     }
 

@@ -259,3 +259,31 @@ fn early_stopping_ends_the_run_and_best_checkpoint_is_kept() {
         .count();
     assert_eq!(steps, 2, "keep_last = 2");
 }
+
+/// A mid-epoch checkpoint whose state lacks rows of the global batch (as one written by a
+/// multi-process run before perplex gathered the state: rank 0's rows only) is refused, naming
+/// the tensor and the expected rows, and nothing in the run changes.
+#[test]
+fn a_saved_state_without_the_global_batch_is_refused() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let first = Trainer::from_config(config(dir.path(), "half", "max_steps = 5"))
+        .unwrap()
+        .fit()
+        .unwrap();
+    assert_eq!(first.steps, 5);
+    let run = dir.path().join("half");
+    let state = run.join("checkpoints/step-00000005/state.safetensors");
+    let saved = tch::Tensor::read_safetensors(&state).unwrap();
+    assert_eq!(saved[0].1.size(), [1, 8, 32]);
+    let rank0_rows = saved[0].1.narrow(1, 0, 4);
+    tch::Tensor::write_safetensors(&[("hidden.0", &rank0_rows)], &state).unwrap();
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let err = Trainer::resume(&run.display().to_string(), dir.path(), &[]).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("hidden.0") && msg.contains("[1, 4, 32]") && msg.contains("= 8 rows"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
+}

@@ -127,6 +127,11 @@ pub struct Trainer {
     last_metrics: Vec<(String, Tensor)>,
     /// Set by SIGINT/SIGTERM (see [`crate::interrupt`]): stop after the current step.
     interrupt: Option<crate::interrupt::Interrupt>,
+    /// In a data-parallel run, the signal that some process received, as all processes agreed
+    /// at the end of a step (see [`Trainer::agree_to_stop`]).
+    agreed_signal: Option<crate::interrupt::Signal>,
+    /// The test hook's NaN ([`crate::fault`]), read when `fit` starts.
+    nan_injection: Option<crate::fault::NanInjection>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -179,6 +184,7 @@ impl Trainer {
             pos: Manifest {
                 format: 1,
                 epoch: 1,
+                world_size: 1,
                 schedule_state: serde_json::Value::Null,
                 ..Manifest::default()
             },
@@ -191,6 +197,8 @@ impl Trainer {
             strategy: Box::new(crate::strategy::SingleProcess),
             last_metrics: Vec::new(),
             interrupt: None,
+            agreed_signal: None,
+            nan_injection: None,
         }
     }
 
@@ -422,10 +430,58 @@ impl Trainer {
         self.run_dir.as_deref()
     }
 
+    /// The signal that stops training, if one came. With several processes, the one they agreed
+    /// on at the end of the last step: a signal reaches the processes at slightly different
+    /// times, and they must all stop after the same step.
     fn interrupted(&self) -> Option<crate::interrupt::Signal> {
+        if self.strategy.world_size() > 1 {
+            return self.agreed_signal;
+        }
+        self.local_signal()
+    }
+
+    /// The signal this process received, if any.
+    fn local_signal(&self) -> Option<crate::interrupt::Signal> {
         self.interrupt
             .as_ref()
             .and_then(crate::interrupt::Interrupt::received)
+    }
+
+    /// Makes every process take the same decision to stop: with several processes, `stop`
+    /// (decided by this process's callbacks, which run on rank 0 alone) and any signal received
+    /// by any process are summed over processes, so all of them stop after the same step (else
+    /// the ones that go on wait in the next collective for the ones that stopped). One process:
+    /// `stop` as it is.
+    ///
+    /// # Errors
+    /// Communication errors.
+    fn agree_to_stop(&mut self, stop: Option<String>) -> Result<Option<String>, TrainerError> {
+        use crate::interrupt::Signal;
+        if self.strategy.world_size() == 1 {
+            return Ok(stop);
+        }
+        let signal = self.local_signal();
+        let flags = [
+            f64::from(u8::from(stop.is_some())),
+            f64::from(u8::from(signal == Some(Signal::Int))),
+            f64::from(u8::from(signal == Some(Signal::Term))),
+        ];
+        let summed = self
+            .strategy
+            .all_reduce_sum(&Tensor::from_slice(&flags).f_to(self.device)?)?;
+        let summed = Vec::<f64>::try_from(summed.f_to_device(Device::Cpu)?)?;
+        if self.agreed_signal.is_none() {
+            self.agreed_signal = if summed[1] > 0.0 {
+                Some(Signal::Int)
+            } else if summed[2] > 0.0 {
+                Some(Signal::Term)
+            } else {
+                None
+            };
+        }
+        Ok(stop.or_else(|| {
+            (summed[0] > 0.0).then(|| "stopped by rank 0 (early stopping or a callback)".into())
+        }))
     }
 
     /// The validation at the end of a run stopped mid-epoch: updates the best validation loss
@@ -481,10 +537,23 @@ impl Trainer {
         let mut variables: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         self.strategy.prepare(&variables)?;
+        self.nan_injection = crate::fault::NanInjection::from_env()?;
         let seed = self.config.seed as u64;
         let train = self
             .strategy
             .shard(self.data.train_batches(self.device, seed)?)?;
+        if !(train.batch_size() as u64).is_multiple_of(self.config.accumulate) {
+            return Err(TrainerError::Config {
+                source_name: "trainer.accumulate".into(),
+                message: format!(
+                    "accumulate = {} must divide each process's batch: data.batch_size / world \
+                     size = {} rows with {} processes",
+                    self.config.accumulate,
+                    train.batch_size(),
+                    self.strategy.world_size()
+                ),
+            });
+        }
         let valid = if self.config.eval {
             Some(self.strategy.shard(self.data.valid_batches(self.device)?)?)
         } else {
@@ -506,7 +575,7 @@ impl Trainer {
             let r = match &mut run {
                 Some(r) => r,
                 None if self.pos.epoch > self.config.epochs => break,
-                None => run.insert(self.begin_epoch(train.as_ref())),
+                None => run.insert(self.begin_epoch(train.as_ref())?),
             };
             let cursor = Cursor {
                 epoch: r.epoch,
@@ -536,10 +605,16 @@ impl Trainer {
     }
 
     /// Starts epoch `pos.epoch` (or continues it mid-way after a resume): the model's state for
-    /// the first batch and the epoch's counters.
-    fn begin_epoch(&mut self, train: &dyn Batches) -> EpochRun {
+    /// the first batch (after a resume, this process's rows of the checkpoint's state) and the
+    /// epoch's counters.
+    ///
+    /// # Errors
+    /// [`TrainerError::Config`] when the checkpoint's state does not hold the global batch.
+    fn begin_epoch(&mut self, train: &dyn Batches) -> Result<EpochRun, TrainerError> {
         let state = match self.resume_state.take() {
-            Some(s) if self.pos.window > 0 && train.carries_state() => s,
+            Some(s) if self.pos.window > 0 && train.carries_state() => {
+                self.local_rows(s, train.batch_size())?
+            }
             _ => self.model.initial_state(train.batch_size(), self.device),
         };
         let teacher_state = self
@@ -552,7 +627,7 @@ impl Trainer {
             self.pos.epoch_tokens = 0;
             self.pos.epoch_seconds = 0.0;
         }
-        EpochRun {
+        Ok(EpochRun {
             epoch: self.pos.epoch,
             carries_state: train.carries_state(),
             state,
@@ -560,7 +635,34 @@ impl Trainer {
             loss_sum: Tensor::zeros([], (Kind::Double, self.device)),
             last_step_end: Instant::now(),
             just_validated: false,
+        })
+    }
+
+    /// This process's rows of a checkpoint's state, which holds the global batch (dimension 1
+    /// of every tensor): rows `rank · b .. (rank + 1) · b` for a local batch of `b`, the rows
+    /// its loader reads. A checkpoint of a run with another world size is resharded this way.
+    fn local_rows(&self, state: HiddenState, b: i64) -> Result<HiddenState, TrainerError> {
+        let (rank, world_size) = (self.strategy.rank() as i64, self.strategy.world_size());
+        let global = b * world_size as i64;
+        let mut rows = Vec::with_capacity(state.0.len());
+        for (i, t) in state.0.into_iter().enumerate() {
+            if t.dim() < 2 || t.size()[1] != global {
+                // `Trainer::resume` checked this against data.batch_size already.
+                return Err(TrainerError::Config {
+                    source_name: format!("checkpoint state.safetensors, tensor hidden.{i}"),
+                    message: format!(
+                        "shape {:?} does not hold the global batch of {global} rows in dimension 1",
+                        t.size()
+                    ),
+                });
+            }
+            rows.push(if world_size == 1 {
+                t
+            } else {
+                t.f_narrow(1, rank * b, b)?.f_contiguous()?
+            });
         }
+        Ok(HiddenState(rows))
     }
 
     /// One step on `batch`, then the step's callbacks and, every `eval_every` steps, a
@@ -618,7 +720,7 @@ impl Trainer {
         for c in &mut self.callbacks {
             actions.extend(c.on_step_end(&event)?);
         }
-        let mut stop = first_stop(&actions);
+        let mut stop = self.agree_to_stop(first_stop(&actions))?;
         if let Some(signal) = self.interrupted() {
             stop = stop.or_else(|| Some(format!("interrupted by {signal}")));
         }
@@ -633,6 +735,8 @@ impl Trainer {
             if let Some(s) = self.validate_and_checkpoint(valid, state, true)? {
                 stop = stop.or(Some(s));
             }
+            // Early stopping decides on rank 0 alone.
+            stop = self.agree_to_stop(stop)?;
         }
         Ok(stop)
     }
@@ -653,6 +757,7 @@ impl Trainer {
                 step: self.pos.step,
                 epoch,
                 value: train_loss,
+                ranks: String::new(),
             });
         }
         self.pos.epoch += 1;
@@ -673,7 +778,7 @@ impl Trainer {
         for c in &mut self.callbacks {
             actions.extend(c.on_epoch_end(&stats)?);
         }
-        stop = stop.or_else(|| first_stop(&actions));
+        stop = self.agree_to_stop(stop.or_else(|| first_stop(&actions)))?;
         epochs.push(stats);
         Ok(stop)
     }
@@ -831,6 +936,8 @@ impl Trainer {
             let json = serde_json::to_vec_pretty(&record).map_err(|e| TrainerError::io(dir, e))?;
             run_dir::write_atomically(&dir.join(files::SUMMARY), &json)?;
         }
+        // No process exits while the primary one writes the final weights and the summary.
+        self.strategy.barrier()?;
         Ok(summary)
     }
 
@@ -878,7 +985,47 @@ impl Trainer {
         Ok(stop)
     }
 
+    /// Writes a checkpoint (and `best` when `best`), on the primary process. Every process calls
+    /// it together: the recurrent state mid-epoch is first gathered from every process, so the
+    /// checkpoint holds the global batch's state (the same as a one-process run's), and every
+    /// process waits at a barrier until the primary one has written it, so none runs ahead or
+    /// exits meanwhile.
     fn save_checkpoint(
+        &mut self,
+        best: bool,
+        hidden: Option<&HiddenState>,
+    ) -> Result<(), TrainerError> {
+        if !self.config.checkpoint {
+            return Ok(());
+        }
+        let hidden = hidden.filter(|_| self.pos.window > 0);
+        let global = hidden.map(|h| self.gather_state(h)).transpose()?;
+        let written = self.write_checkpoint(best, global.as_ref());
+        if written.is_ok() {
+            self.strategy.barrier()?;
+        }
+        // A primary process that failed to write returns its error without the barrier; the
+        // others' next collective then fails, naming it as lost.
+        written
+    }
+
+    /// The global batch's state from every process's rows (dimension 1 of every tensor, rank r's
+    /// rows after rank r - 1's, as [`Batches::shard`] deals them). One process: `hidden`.
+    fn gather_state(&self, hidden: &HiddenState) -> Result<HiddenState, TrainerError> {
+        if self.strategy.world_size() == 1 {
+            return Ok(hidden.detach());
+        }
+        let mut global = Vec::with_capacity(hidden.0.len());
+        for t in &hidden.0 {
+            // [world_size, d0, b, ...] -> [d0, world_size, b, ...] -> [d0, world_size · b, ...]
+            let all = self.strategy.all_gather(&t.f_contiguous()?)?;
+            global.push(all.f_movedim([0], [1])?.f_flatten(1, 2)?.f_contiguous()?);
+        }
+        Ok(HiddenState(global))
+    }
+
+    /// The primary process's part of [`Trainer::save_checkpoint`]: the files.
+    fn write_checkpoint(
         &mut self,
         best: bool,
         hidden: Option<&HiddenState>,
@@ -886,16 +1033,13 @@ impl Trainer {
         let Some(dir) = self.run_dir.clone() else {
             return Ok(());
         };
-        if !self.config.checkpoint {
-            return Ok(());
-        }
+        self.pos.world_size = self.strategy.world_size();
         self.pos.optimizer_steps = self.optimizer.step_count();
         self.pos.schedule_state = self
             .schedule
             .as_ref()
             .map(|s| s.state())
             .unwrap_or(serde_json::Value::Null);
-        let hidden = hidden.filter(|_| self.pos.window > 0);
         let name = format!("step-{:08}", self.pos.step);
         let path = checkpoint::save(
             &dir,

@@ -28,14 +28,23 @@ impl Trainer {
     /// model does not have; [`TrainerError::Finished`] for a run that has finished (nothing is
     /// changed); and the errors of [`Trainer::from_config`].
     pub fn resume(spec: &str, run_root: &Path, overrides: &[String]) -> Result<Self, TrainerError> {
-        Self::resume_inner(spec, run_root, overrides, true)
+        Self::resume_inner(spec, run_root, overrides, true, 1)
     }
 
     /// [`Trainer::resume`] as one process of `strategy`: every process loads the checkpoint,
     /// only the primary one writes (the config, the truncated metrics).
     ///
+    /// A checkpoint does not depend on the world size of the run that wrote it (its hidden
+    /// state holds the whole global batch), so a run may continue with another world size: each
+    /// process then takes its rows of the global batch and of the saved state (a reshard). This
+    /// needs the new world size to divide `data.batch_size`; the continuation equals the
+    /// original's up to the order of floating-point sums, except that dropout masks, drawn per
+    /// rank, differ.
+    ///
     /// # Errors
-    /// Those of [`Trainer::resume`].
+    /// Those of [`Trainer::resume`], and [`TrainerError::Config`] naming both world sizes when
+    /// the new one does not divide `data.batch_size` (or leaves a per-process batch that
+    /// `trainer.accumulate` does not divide).
     pub fn resume_with_strategy(
         spec: &str,
         run_root: &Path,
@@ -43,7 +52,11 @@ impl Trainer {
         strategy: Box<dyn crate::strategy::Strategy>,
     ) -> Result<Self, TrainerError> {
         let primary = strategy.is_primary();
-        Ok(Self::resume_inner(spec, run_root, overrides, primary)?.with_strategy(strategy))
+        let world_size = strategy.world_size();
+        Ok(
+            Self::resume_inner(spec, run_root, overrides, primary, world_size)?
+                .with_strategy(strategy),
+        )
     }
 
     /// Every check [`Trainer::resume`] makes (the checkpoint, model and optimiser state load;
@@ -57,7 +70,7 @@ impl Trainer {
         run_root: &Path,
         overrides: &[String],
     ) -> Result<String, TrainerError> {
-        Ok(Self::resume_inner(spec, run_root, overrides, false)?.config_toml)
+        Ok(Self::resume_inner(spec, run_root, overrides, false, 1)?.config_toml)
     }
 
     fn resume_inner(
@@ -65,6 +78,7 @@ impl Trainer {
         run_root: &Path,
         overrides: &[String],
         write: bool,
+        world_size: usize,
     ) -> Result<Self, TrainerError> {
         let ckpt = checkpoint::resolve(spec, run_root)?;
         let run = checkpoint::run_of(&ckpt);
@@ -76,10 +90,15 @@ impl Trainer {
         }
         let manifest = checkpoint::read_manifest(&ckpt)?;
         check_resumable(&saved, &config, manifest.window > 0, &run)?;
+        check_world_size(&config, manifest.world_size, world_size, &ckpt)?;
         let vocab = perplex_data::Vocabulary::load(&run.join(files::VOCAB))?;
+        let batch_size = config.data.batch_size as i64;
         let mut trainer = Self::build(config, run.clone(), Some(vocab))?;
         let (manifest, hidden) =
             checkpoint::load(&ckpt, &mut trainer.vs, trainer.optimizer.as_mut())?;
+        if let Some(h) = &hidden {
+            check_state_rows(h, batch_size, &ckpt)?;
+        }
         if let Some(s) = trainer.schedule.as_mut() {
             s.load_state(&manifest.schedule_state)?;
         }
@@ -128,6 +147,69 @@ impl Trainer {
         );
         Ok(trainer)
     }
+}
+
+/// The saved state must hold every row of the global batch (dimension 1 of each tensor). A
+/// mid-epoch checkpoint of a multi-process run written before the state was gathered holds rank
+/// 0's rows only.
+fn check_state_rows(
+    state: &perplex_model::HiddenState,
+    batch_size: i64,
+    ckpt: &Path,
+) -> Result<(), TrainerError> {
+    for (i, t) in state.0.iter().enumerate() {
+        if t.dim() < 2 || t.size()[1] != batch_size {
+            return Err(TrainerError::Config {
+                source_name: ckpt.join("state.safetensors").display().to_string(),
+                message: format!(
+                    "tensor hidden.{i} has shape {:?}, which does not hold the global batch of \
+                     data.batch_size = {batch_size} rows in dimension 1 (a mid-epoch checkpoint \
+                     of a multi-process run from before perplex gathered the state holds rank \
+                     0's rows only): resume from a checkpoint at an epoch's start, or start a new \
+                     run; nothing was changed",
+                    t.size()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Accepts a resume with another world size when it divides the global batch (each process
+/// takes its rows: a reshard); otherwise an error naming both world sizes.
+fn check_world_size(
+    config: &RunConfig,
+    saved: usize,
+    world_size: usize,
+    ckpt: &Path,
+) -> Result<(), TrainerError> {
+    if saved == world_size {
+        return Ok(());
+    }
+    let batch_size = config.data.batch_size as u64;
+    let accumulate = config.trainer.accumulate.max(1);
+    let divides = batch_size.is_multiple_of(world_size as u64)
+        && (batch_size / world_size as u64).is_multiple_of(accumulate);
+    if !divides {
+        return Err(TrainerError::Config {
+            source_name: format!("--resume {}", ckpt.display()),
+            message: format!(
+                "the checkpoint was written by a run of world size {saved}, and this job has \
+                 world size {world_size}, which cannot take its rows of data.batch_size = \
+                 {batch_size} (each process needs batch_size / world size rows, a multiple of \
+                 trainer.accumulate = {accumulate}): resume with world size {saved}, or another \
+                 that divides the batch; nothing was changed"
+            ),
+        });
+    }
+    tracing::info!(
+        checkpoint_world_size = saved,
+        world_size,
+        batch_size,
+        "resuming with another world size: each process takes its rows of the global batch and \
+         of the saved state"
+    );
+    Ok(())
 }
 
 /// Refuses a resume whose config changes what a checkpoint fixes: the model (every `model` key),

@@ -10,7 +10,12 @@ use perplex_optim::{clip_grad_norm, clip_grad_value, first_non_finite_grad, grad
 
 use super::Trainer;
 use crate::config::OnNonFinite;
+use crate::fault::NanTarget;
 use crate::TrainerError;
+
+/// What each rank adds to the dropout seed, per rank: odd, and in the low 32 bits that the CPU
+/// generator keeps (`0x9E37_79B9`, 2^32 divided by the golden ratio).
+const RANK_SEED_STRIDE: i64 = 0x9E37_79B9;
 
 impl Trainer {
     /// One optimiser step of the trainer's own step (accumulation, precision, clipping,
@@ -39,8 +44,11 @@ impl Trainer {
     ) -> Result<(Tensor, bool), TrainerError> {
         self.last_grad_norm = f64::NAN;
         // Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones, and
-        // ranks draw different ones for their different rows (pitfall BB2-17).
-        let rank = (self.strategy.rank() as i64) << 32;
+        // ranks draw different ones for their different rows (pitfall BB2-17). libtorch's CPU
+        // generator (mt19937) keeps only the low 32 bits of a seed, so the rank must change
+        // those: rank r adds r times an odd constant (2^32 / golden ratio), which gives distinct
+        // ranks distinct seeds at every step, and rank 0 the seed of a single process.
+        let rank = (self.strategy.rank() as i64).wrapping_mul(RANK_SEED_STRIDE);
         tch::manual_seed(
             self.config
                 .seed
@@ -124,6 +132,12 @@ impl Trainer {
             new_states.push(out_state);
         }
         let mut total = total.expect("accumulate >= 1 is checked when the trainer is built");
+        if let Some(fault) = self.nan_injection {
+            if fault.fires(self.pos.step + 1, self.strategy.rank()) {
+                total = self.inject_nan(fault.target, total)?;
+            }
+        }
+        let local_total = total.shallow_clone();
         if distributed {
             // Each rank's loss is its share of the global mean: their sum is the step's loss,
             // and a non-finite value on any rank makes every rank skip (or stop) together.
@@ -150,12 +164,15 @@ impl Trainer {
                             step: self.pos.step + 1,
                             epoch,
                             value: v,
+                            ranks: self.non_finite_ranks(&local_total)?,
                         })
                     }
                     OnNonFinite::Skip => {
                         tracing::warn!(
                             step = self.pos.step + 1,
                             value = v,
+                            rank = self.strategy.rank(),
+                            from = self.non_finite_ranks(&local_total)?.trim_start(),
                             "non-finite loss: batch skipped"
                         );
                         // The next step starts with `zero_grad`.
@@ -190,6 +207,7 @@ impl Trainer {
                 OnNonFinite::Skip => {
                     tracing::warn!(
                         step = self.pos.step + 1,
+                        rank = self.strategy.rank(),
                         parameter,
                         grad_norm = norm,
                         "non-finite gradient: update skipped (parameters and optimiser state unchanged)"
@@ -210,5 +228,56 @@ impl Trainer {
         }
         self.optimizer.step()?;
         Ok((total, false))
+    }
+}
+
+impl Trainer {
+    /// The test hook's NaN ([`crate::fault`]): `total` becomes NaN, or the first trainable
+    /// parameter's gradient does (and `total` is returned as it was).
+    fn inject_nan(&self, target: NanTarget, total: Tensor) -> Result<Tensor, TrainerError> {
+        tracing::warn!(
+            step = self.pos.step + 1,
+            rank = self.strategy.rank(),
+            ?target,
+            "{}: injecting a NaN",
+            crate::fault::NAN_AT_STEP_ENV
+        );
+        match target {
+            NanTarget::Loss => Ok(total.f_mul_scalar(f64::NAN)?),
+            NanTarget::Grad => {
+                if let Some((_, p)) = self.optimizer.params().first() {
+                    let grad = p.grad();
+                    if grad.defined() {
+                        let _ = tch::no_grad(|| grad.shallow_clone().f_fill_(f64::NAN))?;
+                    }
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    /// In a data-parallel run, which processes' own loss (`local`, before the sum over
+    /// processes) is non-finite, as `" on rank 1 of 2"`; empty in one process. Every process
+    /// calls it together (it gathers), which holds since they all read the same summed loss.
+    fn non_finite_ranks(&self, local: &Tensor) -> Result<String, TrainerError> {
+        let world_size = self.strategy.world_size();
+        if world_size == 1 {
+            return Ok(String::new());
+        }
+        let all = self.strategy.all_gather(&local.f_to_kind(Kind::Double)?)?;
+        let values = Vec::<f64>::try_from(all.f_flatten(0, -1)?)?;
+        let ranks: Vec<String> = values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_finite())
+            .map(|(r, _)| r.to_string())
+            .collect();
+        Ok(match ranks.len() {
+            0 => format!(
+                " (every rank's own loss is finite; their sum over {world_size} ranks is not)"
+            ),
+            1 => format!(" on rank {} of {world_size}", ranks[0]),
+            _ => format!(" on ranks {} of {world_size}", ranks.join(", ")),
+        })
     }
 }
