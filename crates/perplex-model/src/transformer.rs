@@ -417,6 +417,7 @@ impl TransformerLm {
                 start,
                 len,
                 self.config.n_embd / self.config.n_head,
+                self.wte.kind(),
                 device,
             )?),
             Positions::Learned => None,

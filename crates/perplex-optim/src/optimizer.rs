@@ -125,6 +125,14 @@ pub(crate) fn restore(
             dst.size()
         )));
     }
+    // A copy would cast silently (float64 state into float32 parameters' buffers).
+    if src.kind() != dst.kind() {
+        return Err(OptimError::BadState(format!(
+            "{name} is {:?}, expected {:?} (the parameters' dtype)",
+            src.kind(),
+            dst.kind()
+        )));
+    }
     tch::no_grad(|| dst.f_copy_(src))?;
     Ok(())
 }
@@ -338,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn load_state_rejects_a_missing_tensor_or_a_wrong_shape() {
+    fn load_state_rejects_a_missing_tensor_a_wrong_shape_or_a_wrong_dtype() {
         for config in configs() {
             let (params, _, _) = problem();
             let mut opt = config.build(params).unwrap();
@@ -353,6 +361,15 @@ mod tests {
             let err = opt.load_state(&state, 3).unwrap_err();
             assert!(
                 matches!(&err, OptimError::BadState(m) if m.contains(&name) && m.contains("shape")),
+                "{config:?}: {err}"
+            );
+            // The parameters here are float64: float32 state is refused, not cast (nor is
+            // a `precision = "f64"` run's float64 state loaded into float32 buffers).
+            state.pop();
+            state.push((name.clone(), t.to_kind(Kind::Float)));
+            let err = opt.load_state(&state, 3).unwrap_err();
+            assert!(
+                matches!(&err, OptimError::BadState(m) if m.contains(&name) && m.contains("is Float, expected Double")),
                 "{config:?}: {err}"
             );
         }

@@ -163,9 +163,14 @@ pub enum Precision {
     /// bf16; the loss, the parameters, their gradients and the optimiser state stay float32.
     /// Worth it on GPUs and on CPUs with AVX-512 BF16 or AMX; elsewhere libtorch emulates bf16.
     Bf16,
+    /// float64 everywhere (Lightning's `precision="64-true"`): the parameters (initialised as in
+    /// float32, then widened), their gradients, the optimiser state, the hidden state, the
+    /// activations and the loss. For checks that need more digits than float32 has (gradient
+    /// checks, data-parallel equivalence to 1e-6); slower than `f32`, on most GPUs far slower. Checkpoints and `model.safetensors` hold float64 tensors.
+    F64,
 }
 
-config_enum!(Precision { F32 => "f32", Bf16 => "bf16" });
+config_enum!(Precision { F32 => "f32", Bf16 => "bf16", F64 => "f64" });
 
 /// The `[trainer]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,7 +187,8 @@ pub struct TrainerConfig {
     pub device: String,
     /// libtorch intra-op threads; 0 keeps libtorch's default (the number of cores). Default 0.
     pub threads: usize,
-    /// `f32` or `bf16`. Default `f32`.
+    /// `f32`, `bf16` (autocast; parameters stay float32) or `f64` (everything float64). A
+    /// resume cannot switch between `f64` and the others (the checkpoint's dtype). Default `f32`.
     pub precision: Precision,
     /// `retain` (keep freed host memory for reuse: fewer page faults per step, a higher peak
     /// resident set) or `system` (the C library's defaults); see [`crate::host_memory`].

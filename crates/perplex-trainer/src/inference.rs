@@ -104,6 +104,9 @@ impl LoadedModel {
             .with_seq_len(config.data.seq_len as i64)
             .with_device(device);
         let model = config.model.build(&vs.root(), &context)?;
+        // The dtype the run trained in (float64 for `precision = "f64"`), which the weights
+        // file holds.
+        config.trainer.precision.convert(&mut vs);
         let model_of = format!(
             "the model of {} with the {} tokens of {}",
             config_path.display(),
@@ -284,9 +287,14 @@ impl LoadedModel {
                     let result = self.model.forward(&batch.inputs, &state, false)?;
                     let logits = result.logits();
                     let vocab = logits.size()[2];
+                    // float32 for bf16 logits, as the losses do; a float64 model's stay float64.
+                    let kind = match logits.kind() {
+                        Kind::Double => Kind::Double,
+                        _ => Kind::Float,
+                    };
                     let nll = logits
                         .f_view([-1, vocab])?
-                        .f_to_kind(Kind::Float)?
+                        .f_to_kind(kind)?
                         .f_cross_entropy_loss(
                             &batch.targets.f_reshape([-1])?,
                             None::<Tensor>,
@@ -438,7 +446,7 @@ impl LoadedModel {
 }
 
 /// Copies the tensors of the safetensors file `weights` into the variables of `vs`, after
-/// checking that each variable is in the file with the variable's shape; `model_of` says which
+/// checking that each variable is in the file with the variable's shape and dtype; `model_of` says which
 /// model the variables belong to. Errors name the file, the tensor and both shapes, never
 /// libtorch's backtrace (usable wherever weights are loaded, e.g. when resuming).
 pub(crate) fn load_weights(
@@ -468,6 +476,15 @@ pub(crate) fn load_weights(
                 "tensor `{name}` has shape {:?} in the file, the model expects {:?}",
                 tensor.size(),
                 var.size()
+            )));
+        }
+        if tensor.kind() != var.kind() {
+            return Err(mismatch(format!(
+                "tensor `{name}` is {:?} in the file, the model's variables are {:?} \
+                 (trainer.precision decides: \"f64\" trains and loads Double, \"f32\" and \
+                 \"bf16\" Float)",
+                tensor.kind(),
+                var.kind()
             )));
         }
     }

@@ -12,18 +12,45 @@
 //! What autocast does is libtorch's: matmuls, `linear` (and so the GRU's gate projections) run in
 //! bfloat16; reductions, softmax and every loss stay float32; parameters, gradients and the
 //! optimiser state stay float32 (autograd casts the gradient back through each cast).
+//!
+//! `f64` needs no autocast: [`Precision::convert`] widens the model's variables to float64 once,
+//! before the optimiser is built, and everything computed from them follows their dtype.
 
-use tch::Device;
+use tch::{nn, Device, Kind};
 
 use crate::Precision;
 
 impl Precision {
     /// Runs `f` at this precision on `device`: under [`autocast_bf16`] for `Bf16`, as is for
-    /// `F32`. The one place the trainer, validation, evaluation and `lr_find` choose.
+    /// `F32` and `F64` (whose variables are float64 already, see [`Precision::convert`]). The one
+    /// place the trainer, validation, evaluation and `lr_find` choose.
     pub fn scope<T>(self, device: Device, f: impl FnOnce() -> T) -> T {
         match self {
-            Precision::F32 => f(),
+            Precision::F32 | Precision::F64 => f(),
             Precision::Bf16 => autocast_bf16(device, f),
+        }
+    }
+
+    /// The dtype of the parameters, their gradients, the optimiser state and the training loss:
+    /// `Double` for `F64`, `Float` otherwise (bf16 autocast keeps float32 parameters).
+    pub fn parameter_kind(self) -> Kind {
+        match self {
+            Precision::F64 => Kind::Double,
+            Precision::F32 | Precision::Bf16 => Kind::Float,
+        }
+    }
+
+    /// Casts the floating-point variables of `vs` (a freshly built model) to
+    /// [`Precision::parameter_kind`]: float64 for `F64`, nothing for the others. Call it before
+    /// building the optimiser (its state is made like the parameters) and before loading weights.
+    ///
+    /// Each variable keeps its identity: `VarStore::set_kind` replaces the data of each tensor
+    /// in place (`Tensor::set_data`), so every shallow clone the model holds (the GRU's weight
+    /// list, an output head tied to the embedding) sees the float64 values, and tied weights
+    /// stay one tensor.
+    pub fn convert(self, vs: &mut nn::VarStore) {
+        if self == Precision::F64 {
+            vs.double();
         }
     }
 }

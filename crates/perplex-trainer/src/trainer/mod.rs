@@ -158,8 +158,9 @@ pub fn named_trainable(vs: &nn::VarStore) -> NamedParams {
 }
 
 impl Trainer {
-    /// Composes a trainer from its parts. `vs` must hold the model's variables and `optimizer`
-    /// must have been built over them. No files are written unless [`Trainer::with_run_dir`] is
+    /// Composes a trainer from its parts. `vs` must hold the model's variables, in
+    /// `config.precision`'s dtype ([`Precision::convert`]), and `optimizer` must have been built
+    /// over them. No files are written unless [`Trainer::with_run_dir`] is
     /// called; no callbacks run unless added.
     pub fn new(
         data: Box<dyn DataSource>,
@@ -323,11 +324,13 @@ impl Trainer {
             prepared = config.data.prepared.as_ref().map(|p| p.display().to_string()),
             "data loaded"
         );
-        let vs = nn::VarStore::new(device);
+        let mut vs = nn::VarStore::new(device);
         let context = BuildContext::new(data.vocab().len() as i64)
             .with_seq_len(config.data.seq_len as i64)
             .with_device(device);
         let model = config.model.build(&vs.root(), &context)?;
+        // Before the optimiser is built: its state is made like the parameters.
+        tc.precision.convert(&mut vs);
         // The loss's options, checked with the real vocabulary before any file is written.
         crate::config::check_loss(config.loss.as_ref(), data.vocab().len() as i64, false)?;
         if tc.precision == Precision::Bf16 {
@@ -338,6 +341,9 @@ impl Trainer {
                 );
             }
             tracing::info!(device = ?device, "bf16 autocast on (loss, gradients and optimiser state stay float32)");
+        }
+        if tc.precision == Precision::F64 {
+            tracing::info!(device = ?device, "float64: parameters, gradients, optimiser state and loss");
         }
         let params = named_trainable(&vs);
         let n_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();

@@ -23,7 +23,8 @@ impl Trainer {
     ///
     /// # Errors
     /// [`TrainerError::Io`] when no checkpoint is found; [`TrainerError::Config`] naming each key
-    /// that a resume cannot change (`model.*`, `data.tokenizer`; `data.batch_size` and
+    /// that a resume cannot change (`model.*`, `data.tokenizer`, `trainer.precision` to or from
+    /// `f64`; `data.batch_size` and
     /// `data.seq_len` in mid-epoch) with both values, and each checkpoint tensor whose shape the
     /// model does not have; [`TrainerError::Finished`] for a run that has finished (nothing is
     /// changed); and the errors of [`Trainer::from_config`].
@@ -213,7 +214,7 @@ fn check_world_size(
 }
 
 /// Refuses a resume whose config changes what a checkpoint fixes: the model (every `model` key),
-/// the tokenizer, and in mid-epoch the batch shape (the saved hidden state and window position
+/// the parameters' dtype (`trainer.precision` to or from `f64`), the tokenizer, and in mid-epoch the batch shape (the saved hidden state and window position
 /// depend on it). The error names each key with both values.
 fn check_resumable(
     saved: &RunConfig,
@@ -266,14 +267,25 @@ fn check_resumable(
         &table(&config.data, run)?,
         Some(data_keys),
     );
+    // bf16 autocast keeps float32 parameters, so only a switch to or from f64 changes the
+    // dtype of what the checkpoint holds.
+    let (was, asks) = (saved.trainer.precision, config.trainer.precision);
+    if was.parameter_kind() != asks.parameter_kind() {
+        differences.push(format!(
+            "trainer.precision: the run has \"{was}\", the resume asks for \"{asks}\" (the \
+             checkpoint holds {:?} tensors, \"{asks}\" trains in {:?})",
+            was.parameter_kind(),
+            asks.parameter_kind()
+        ));
+    }
     if differences.is_empty() {
         return Ok(());
     }
     Err(TrainerError::Config {
         source_name: format!("--resume {}", run.display()),
         message: format!(
-            "cannot continue this run with a different {}: {} (a checkpoint fixes the model and \
-             tokenizer{}; nothing was changed: start a new run to change them)",
+            "cannot continue this run with a different {}: {} (a checkpoint fixes the model, \
+             its dtype and the tokenizer{}; nothing was changed: start a new run to change them)",
             if differences.len() == 1 {
                 "setting"
             } else {

@@ -78,7 +78,8 @@ impl Trainer {
         let mut new_teacher_states = Vec::new();
         for i in 0..k as usize {
             // Forward and loss run under autocast together (as in PyTorch), so the loss's
-            // projection sees one dtype; every loss computes its value in float32.
+            // projection sees one dtype; every loss computes its value in float32 (float64 for
+            // float64 parameters).
             let step = || -> Result<_, TrainerError> {
                 let out = self.model.forward(&inputs[i], &states[i].detach(), true)?;
                 let teacher = match (&self.teacher, &teacher_states) {
@@ -124,7 +125,10 @@ impl Trainer {
                 });
             }
             loss.f_backward()?;
-            let loss = loss.detach().to_kind(Kind::Float);
+            // float32 (float64 under `precision = "f64"`: the loss keeps every digit).
+            let loss = loss
+                .f_detach()?
+                .f_to_kind(self.config.precision.parameter_kind())?;
             total = Some(match total {
                 Some(t) => t + loss,
                 None => loss,
