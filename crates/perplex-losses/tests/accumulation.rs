@@ -158,3 +158,32 @@ fn a_class_weighted_mean_divided_by_the_token_count_would_be_wrong() {
     let tokens = bt.targets.numel() as f64;
     assert!((right - tokens).abs() > 0.1, "{right} vs {tokens}");
 }
+
+/// What `trainer.precision = "f64"` relies on: every registered loss (every case above), given
+/// float64 hidden states, head and teacher logits, returns a float64 loss and float64 gradients;
+/// none narrows to float32 on the way (only bf16/f16 predictions are widened, to float32).
+#[test]
+fn every_loss_keeps_float64_inputs_in_float64() {
+    let bt = batch(4, 3, 5, 2, 7, 0.2, false);
+    for (name, cfg) in cases(&bt.class_weights) {
+        let loss = build(name, cfg);
+        let leaf = |t: &Tensor| t.detach().copy().set_requires_grad(true);
+        let (h, w, b) = (leaf(&bt.hidden), leaf(&bt.weight), leaf(&bt.bias));
+        assert_eq!(h.kind(), Kind::Double);
+        let input = perplex_losses::LossInput::from_hidden(&h, &w, Some(&b), &bt.targets)
+            .with_teacher_logits(&bt.teacher);
+        let out = loss.forward(&input).unwrap();
+        assert_eq!(out.loss.kind(), Kind::Double, "{name}: the loss");
+        out.loss.backward();
+        for (tensor, g) in [("hidden", &h), ("head", &w), ("bias", &b)] {
+            assert_eq!(
+                g.grad().kind(),
+                Kind::Double,
+                "{name}: the {tensor} gradient"
+            );
+        }
+        for (metric, value) in &out.metrics {
+            assert_eq!(value.kind(), Kind::Double, "{name}: metric {metric}");
+        }
+    }
+}

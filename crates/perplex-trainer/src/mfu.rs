@@ -6,16 +6,17 @@ use tch::{Device, Kind, Tensor};
 
 use crate::TrainerError;
 
-/// The best GFLOP/s of a `[1024, 1024] × [1024, 1024]` float32 product (`mm_out` into a
-/// preallocated output, so no allocation is timed) on `device`, over 5 timed repetitions after
-/// 2 warm-up ones (about 0.1 s on a 2-core CPU). A bound for dense float32 work at the current
+/// The best GFLOP/s of a `[1024, 1024] × [1024, 1024]` product of `kind` (float32; float64 for
+/// a `precision = "f64"` run, whose matmuls are float64) (`mm_out` into a preallocated output,
+/// so no allocation is timed) on `device`, over 5 timed repetitions after 2 warm-up ones (about
+/// 0.1 s on a 2-core CPU in float32). A bound for dense work of that dtype at the current
 /// thread count, not the vendor's peak.
 ///
 /// # Errors
 /// libtorch errors.
-pub fn matmul_ceiling_gflops(device: Device) -> Result<f64, TrainerError> {
+pub fn matmul_ceiling_gflops(device: Device, kind: Kind) -> Result<f64, TrainerError> {
     let n = 1024i64;
-    let opts = (Kind::Float, device);
+    let opts = (kind, device);
     let (a, b) = (
         Tensor::f_randn([n, n], opts)?,
         Tensor::f_randn([n, n], opts)?,
@@ -53,10 +54,16 @@ pub struct Utilisation {
 }
 
 impl Utilisation {
-    /// From the model's FLOPs per token and a throughput in tokens/s (measures the ceiling).
-    pub fn measure(flops_per_token: Option<f64>, tokens_per_sec: f64, device: Device) -> Self {
+    /// From the model's FLOPs per token and a throughput in tokens/s (measures the ceiling in
+    /// `kind`, the parameters' dtype).
+    pub fn measure(
+        flops_per_token: Option<f64>,
+        tokens_per_sec: f64,
+        device: Device,
+        kind: Kind,
+    ) -> Self {
         let achieved = flops_per_token.map(|f| f * tokens_per_sec / 1e9);
-        let ceiling = achieved.and_then(|_| matmul_ceiling_gflops(device).ok());
+        let ceiling = achieved.and_then(|_| matmul_ceiling_gflops(device, kind).ok());
         Self {
             model_flops_per_token: flops_per_token,
             achieved_gflop_per_s: achieved,

@@ -102,10 +102,10 @@ fn seed_config_file_parses_and_round_trips() {
 #[test]
 fn bad_enum_values_list_the_accepted_ones() {
     for (key, bad, listed) in [
-        ("precision", "\"fp16\"", "\"f32\", \"bf16\""),
+        ("precision", "\"fp16\"", "\"f32\", \"bf16\", \"f64\""),
         ("host_allocator", "\"jemalloc\"", "\"retain\", \"system\""),
         ("on_non_finite", "\"ignore\"", "\"stop\", \"skip\""),
-        ("precision", "16", "\"f32\", \"bf16\""),
+        ("precision", "16", "\"f32\", \"bf16\", \"f64\""),
     ] {
         let err = load_err(&format!("[trainer]\n{key} = {bad}\n"), &[]);
         assert!(err.contains(&format!("trainer.{key}")), "{err}");
