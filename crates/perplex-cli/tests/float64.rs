@@ -30,8 +30,7 @@ fn valid_loss(run: &Path) -> f64 {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["kind"] == "valid")
-        .last()
+        .rfind(|r| r["kind"] == "valid")
         .expect("a valid record")["loss"]
         .as_f64()
         .unwrap()
