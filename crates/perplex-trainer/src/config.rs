@@ -166,7 +166,8 @@ pub enum Precision {
     /// float64 everywhere (Lightning's `precision="64-true"`): the parameters (initialised as in
     /// float32, then widened), their gradients, the optimiser state, the hidden state, the
     /// activations and the loss. For checks that need more digits than float32 has (gradient
-    /// checks, data-parallel equivalence to 1e-6); slower than `f32`, on most GPUs far slower. Checkpoints and `model.safetensors` hold float64 tensors.
+    /// checks, data-parallel equivalence to 1e-6); about half `f32`'s speed on a 2-core CPU
+    /// (README, "Float64"). Checkpoints and `model.safetensors` hold float64 tensors.
     F64,
 }
 
