@@ -771,7 +771,10 @@ fn table(e: &Value, p: &Plan) -> String {
     s.push_str(&format!(
         "config {}; global batch {} x {} = {} tokens/step; {} pair(s) x ({} warm-up + {} timed \
          steps), order alternating\n",
-        p.config.display(),
+        p.config
+            .strip_prefix(crate::workspace_root())
+            .unwrap_or(&p.config)
+            .display(),
         e["global_batch"],
         e["seq_len"],
         thousands(get("/tokens_per_step").unwrap_or(f64::NAN)),
