@@ -164,6 +164,10 @@ impl Strategy for DataParallel {
         self.group.world_size()
     }
 
+    fn local_rank(&self) -> usize {
+        self.group.launch().local_rank
+    }
+
     /// Every rank starts from rank 0's variables (its seed may differ, or its init be random).
     fn prepare(&self, variables: &[(String, Tensor)]) -> Result<(), TrainerError> {
         tch::no_grad(|| {
