@@ -246,6 +246,25 @@ impl HfTokenizer {
         self.chunked.then_some(CHUNK_BYTES)
     }
 
+    /// The ids of each of `pieces` (no special tokens added), encoded in parallel (the
+    /// tokenizer's `encode_batch_fast`, on its thread pool): each piece as [`HfTokenizer::encode`]
+    /// encodes it whole, so pieces cut as [`HfTokenizer::piece_bytes`] allows give the ids of
+    /// their concatenation.
+    ///
+    /// # Errors
+    /// As [`HfTokenizer::encode`].
+    pub(crate) fn encode_batch(&self, pieces: &[String]) -> Result<Vec<Vec<u32>>, DataError> {
+        let inputs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let encodings =
+            self.inner
+                .encode_batch_fast(inputs, false)
+                .map_err(|e| DataError::Tokenizer {
+                    path: PathBuf::from("(encoding)"),
+                    message: e.to_string(),
+                })?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
     /// `text` in the pieces it is encoded in: chunks of about `chunk_bytes`, or the whole.
     fn pieces<'t>(&self, text: &'t str, chunk_bytes: usize) -> impl Iterator<Item = &'t str> {
         chunks(

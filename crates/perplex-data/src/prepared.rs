@@ -363,6 +363,10 @@ fn prepare_rule_based(
     Ok((vocab, writers.finish(config)?))
 }
 
+/// Pieces of text (of [`crate::hf::CHUNK_BYTES`]) encoded in parallel at a time: a megabyte,
+/// whose HF encodings (a `String` per token among others) take some tens of megabytes.
+const ENCODE_BATCH: usize = 16;
+
 /// `bpe`: the text cut into splits, the tokenizer loaded or trained on the training split,
 /// each split encoded a piece at a time (see [`prepare`]).
 fn prepare_hf(
@@ -416,12 +420,27 @@ fn prepare_hf(
         src.has_test(config),
     )?;
     let started = std::time::Instant::now();
+    // Pieces of one split, encoded together in parallel.
+    let mut batch: (usize, Vec<String>) = (0, Vec::with_capacity(ENCODE_BATCH));
+    let flush = |batch: &mut (usize, Vec<String>), writers: &mut SplitWriters| {
+        for ids in hf.encode_batch(&batch.1)? {
+            writers.write(batch.0, &ids)?;
+        }
+        batch.1.clear();
+        Ok::<(), DataError>(())
+    };
     for (path, cuts, first_split) in &parts {
         for item in TextPieces::open(path, cuts.clone(), hf.piece_bytes(), read_bytes)? {
             let (split, piece) = item?;
-            writers.write(first_split + split, &hf.encode(&piece)?)?;
+            let split = first_split + split;
+            if split != batch.0 || batch.1.len() == ENCODE_BATCH {
+                flush(&mut batch, &mut writers)?;
+                batch.0 = split;
+            }
+            batch.1.push(piece);
         }
     }
+    flush(&mut batch, &mut writers)?;
     let tokens = writers.finish(config)?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
