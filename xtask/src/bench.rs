@@ -5,6 +5,9 @@
 //!   matmul ceiling, peak RSS and time to the first step ([`train`]).
 //! - `bench losses`: `Linear -> softmax_cross_entropy` against `linear_cross_entropy`, time and
 //!   peak memory per configuration, one child process each ([`losses`]).
+//! - `bench ddp`: data-parallel training, N ranks × 1 thread against 1 process × N threads on
+//!   the same global batch, alternating; tokens/s, and the gradient all-reduce's time, share of
+//!   the step and bytes ([`ddp`]).
 //!
 //! Results are printed as tables and written as JSON to `<target>/bench/<what>-<unix time>.json`
 //! and `<target>/bench/<what>-latest.json` (`<target>` is `$CARGO_TARGET_DIR` or `target/`).
@@ -17,6 +20,7 @@ use clap::{Args, Subcommand};
 use crate::Torch;
 
 mod child;
+mod ddp;
 mod losses;
 mod train;
 
@@ -33,6 +37,9 @@ enum What {
     Train(train::TrainArgs),
     /// Naive `Linear -> softmax_cross_entropy` vs `linear_cross_entropy`: time and peak memory.
     Losses(losses::LossesArgs),
+    /// Data-parallel (N ranks x 1 thread, Gloo) vs 1 process x N threads on the same global
+    /// batch: tokens/s, and the gradient all-reduce's time, share of the step and bytes.
+    Ddp(ddp::DdpArgs),
 }
 
 /// Runs a benchmark.
@@ -40,6 +47,7 @@ pub fn run(args: BenchArgs, torch: &Option<Torch>) -> Result<()> {
     match args.what {
         What::Train(a) => train::run(a, torch),
         What::Losses(a) => losses::run(a, torch),
+        What::Ddp(a) => ddp::run(a, torch),
     }
 }
 
@@ -195,6 +203,28 @@ fn min_max(xs: &[f64]) -> (f64, f64) {
         })
 }
 
+/// JSON has no NaN: `null` instead.
+fn finite(x: f64) -> serde_json::Value {
+    if x.is_finite() {
+        serde_json::json!(x)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// `key=value` out of a tracing line (`key=3`, `key="3"`).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!(" {key}=");
+    let i = line.find(&pat)? + pat.len();
+    let rest = &line[i..];
+    let v = rest.split_whitespace().next()?;
+    Some(v.trim_matches('"'))
+}
+
+fn parse_f64(v: Option<&str>) -> Option<f64> {
+    v?.trim_matches('"').parse().ok()
+}
+
 /// `12345.6` -> `12,346`.
 fn thousands(x: f64) -> String {
     if !x.is_finite() {
@@ -224,6 +254,15 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn tracing_fields_are_read_with_or_without_quotes() {
+        let l = r#"2025 INFO perplex_trainer::trainer: train epoch=1 step=12 loss="5.1" tokens_per_sec="3400" lr=0.001"#;
+        assert_eq!(field(l, "step"), Some("12"));
+        assert_eq!(field(l, "tokens_per_sec"), Some("3400"));
+        assert_eq!(field(l, "missing"), None);
+        assert_eq!(parse_f64(field(l, "loss")), Some(5.1));
     }
 
     #[test]

@@ -61,9 +61,9 @@ enum Task {
     },
     /// Print the workspace this xtask acts on (found at run time from the current directory).
     Root,
-    /// Benchmarks: `train` (perplex vs the PyTorch eager reference, side by side) and `losses`
-    /// (naive vs chunked output cross-entropy: time and peak memory). Results in
-    /// `<target>/bench/*.json`.
+    /// Benchmarks: `train` (perplex vs the PyTorch eager reference, side by side), `losses`
+    /// (naive vs chunked output cross-entropy: time and peak memory) and `ddp` (data-parallel
+    /// ranks vs one process on the same cores). Results in `<target>/bench/*.json`.
     Bench(bench::BenchArgs),
 }
 

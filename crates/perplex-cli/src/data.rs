@@ -22,8 +22,10 @@ pub struct DataArgs {
 #[derive(Debug, Subcommand)]
 enum DataAction {
     /// Tokenize the `[data]` corpus of a run config once into token files (`train.bin`,
-    /// `valid.bin`, `test.bin` of u16 or u32 ids with JSON headers, and `vocab.json`), streaming
-    /// with bounded memory; train from them with `--set data.prepared=DIR`.
+    /// `valid.bin`, `test.bin` of u16 or u32 ids with JSON headers, and `vocab.json`; for
+    /// `tokenizer = "bpe"` also `tokenizer.json`, trained on the training split or copied from
+    /// `tokenizer_file`), streaming with bounded memory; train from them with
+    /// `--set data.prepared=DIR`.
     Prepare {
         /// Run config (TOML) whose `[data]` section names the corpus and tokenizer.
         #[arg(long, short)]

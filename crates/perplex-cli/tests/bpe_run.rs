@@ -125,3 +125,95 @@ fn a_bpe_run_writes_its_tokenizer_and_generates_eval_and_resume_read_it() {
         tokenizer
     );
 }
+
+/// `perplex data prepare` with `tokenizer = "bpe"`, then a run on its token files: the run
+/// directory gets the prepared `tokenizer.json`, and `generate` and `eval` encode and decode with
+/// it (BB2-10 on the prepare path: the token files decode back to the corpus, byte for byte).
+#[test]
+fn a_run_on_prepared_bpe_tokens_generates_and_evaluates_with_their_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let out = perplex()
+        .args(["data", "prepare", "--out"])
+        .arg(&tokens)
+        .args(sets(&[
+            format!("data.path={}", corpus().display()),
+            "data.tokenizer=bpe".into(),
+            "data.max_vocab_size=400".into(),
+        ]))
+        .output()
+        .unwrap();
+    let printed = check(&out, "perplex data prepare");
+    assert!(printed.contains("vocabulary 400 tokens"), "{printed}");
+    let hf = perplex_data::HfTokenizer::from_file(&tokens.join("tokenizer.json")).unwrap();
+    assert_eq!(hf.vocab_size(), 400);
+    let header: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tokens.join("train.json")).unwrap()).unwrap();
+    assert_eq!(header["tokenizer"], "bpe");
+    assert_eq!(header["tokenizer_file"], "tokenizer.json");
+    assert_eq!(header["dtype"], "u16");
+    // The two splits decode back to the corpus, byte for byte.
+    let read_ids = |split: &str| -> Vec<u32> {
+        std::fs::read(tokens.join(format!("{split}.bin")))
+            .unwrap()
+            .chunks_exact(2)
+            .map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])))
+            .collect()
+    };
+    let decoded = hf.decode(&read_ids("train")).unwrap() + &hf.decode(&read_ids("valid")).unwrap();
+    assert!(decoded == std::fs::read_to_string(corpus()).unwrap());
+
+    let runs = dir.path().join("runs");
+    let run = runs.join("prepared-bpe");
+    let out = perplex()
+        .arg("train")
+        .args(sets(&[
+            format!("data.prepared={}", tokens.display()),
+            "data.tokenizer=bpe".into(),
+            "data.batch_size=8".into(),
+            "data.seq_len=16".into(),
+            "data.eval_batch_size=256".into(),
+            "model.embedding_dim=16".into(),
+            "model.hidden_size=32".into(),
+            "trainer.epochs=1".into(),
+            "trainer.max_steps=4".into(),
+            "trainer.device=cpu".into(),
+            "trainer.threads=1".into(),
+            format!("trainer.run_dir={}", runs.display()),
+            "trainer.run_name=prepared-bpe".into(),
+        ]))
+        .output()
+        .unwrap();
+    check(&out, "perplex train on prepared BPE tokens");
+    assert_eq!(
+        std::fs::read(run.join("tokenizer.json")).unwrap(),
+        std::fs::read(tokens.join("tokenizer.json")).unwrap()
+    );
+
+    let prompt = "JULIET: naïve façade\t🦀  \r\nRomeo";
+    let out = perplex()
+        .args(["generate", "--device", "cpu", "--max-tokens", "12"])
+        .args(["--seed", "3", "--prompt", prompt, "--checkpoint"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let generated = check(&out, "perplex generate");
+    assert!(generated.starts_with(prompt), "{generated:?}");
+    assert!(generated.len() > prompt.len(), "{generated:?}");
+
+    let file = dir.path().join("text.txt");
+    std::fs::write(&file, "Now is the winter of our discontent\n".repeat(20)).unwrap();
+    let out = perplex()
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(&run)
+        .arg("--split")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report = check(&out, "perplex eval");
+    let n = hf
+        .encode(&std::fs::read_to_string(&file).unwrap())
+        .unwrap()
+        .len();
+    assert!(report.contains(&format!("of {n} tokens")), "{report}");
+}

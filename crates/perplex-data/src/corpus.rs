@@ -101,8 +101,8 @@ pub struct DataConfig {
     /// `tokenizer = "bpe"`); copied into the run directory. Default none.
     pub tokenizer_file: Option<PathBuf>,
     /// `word`, `char`, `whitespace`: most frequent training tokens kept, `<unk>` not counted;
-    /// 0 keeps all. `bpe`: the BPE vocabulary size (at least 256: the byte tokens count).
-    /// Default 10000.
+    /// 0 keeps all. `bpe`: the BPE vocabulary size (at least 257: the 256 byte tokens and
+    /// `<|endoftext|>` count). Default 10000.
     pub max_vocab_size: usize,
     /// Rows per batch (independent token streams). Default 64.
     pub batch_size: usize,
@@ -551,7 +551,7 @@ fn split_text<'t>(text: &'t str, fractions: &[f64]) -> (&'t str, &'t str, Option
 
 /// Splits the token range `all` by `fractions` (train, valid[, test]), cutting at `int(f · n)` as
 /// the reference (nanoGPT's prepare.py) does.
-fn split(
+pub(crate) fn split(
     all: std::ops::Range<usize>,
     fractions: &[f64],
 ) -> (

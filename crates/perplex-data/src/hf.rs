@@ -16,7 +16,7 @@ use crate::{DataError, Tokenizer};
 
 /// Bytes of text encoded per call of the underlying tokenizer: a call holds a `String` per
 /// token of its chunk (HF's `Encoding`), so a corpus is encoded a chunk at a time.
-const CHUNK_BYTES: usize = 1 << 16;
+pub(crate) const CHUNK_BYTES: usize = 1 << 16;
 
 /// A Hugging Face tokenizer and the JSON it was built from (what `tokenizer.json` holds).
 pub struct HfTokenizer {
@@ -46,19 +46,43 @@ impl HfTokenizer {
     /// The file name of a run's tokenizer, beside `vocab.json`.
     pub const FILE: &'static str = "tokenizer.json";
 
-    /// The smallest byte-level BPE: the 256 byte tokens, no merge.
-    pub const MIN_BPE_VOCAB: usize = 256;
+    /// The document separator of a trained byte-level BPE, a special token (GPT-2's): the
+    /// literal text `<|endoftext|>` always encodes as its one id, in training data and prompts
+    /// alike, and decodes back to the literal.
+    pub const END_OF_TEXT: &'static str = "<|endoftext|>";
+
+    /// The smallest byte-level BPE: [`HfTokenizer::END_OF_TEXT`] and the 256 byte tokens, no
+    /// merge.
+    pub const MIN_BPE_VOCAB: usize = 257;
 
     /// Trains a byte-level BPE (GPT-2's: the byte-level pre-tokenizer and its regex, no prefix
-    /// space, no normaliser, the ByteLevel decoder, no special token) of at most `vocab_size`
-    /// tokens, the 256 byte tokens included, on `text`. Every byte has a token, so any text
-    /// encodes without an unknown token and `decode(encode(x)) == x`. Deterministic: the same
-    /// text and size give the same JSON, byte for byte. Fewer than `vocab_size` tokens when
-    /// the text offers no more pairs to merge.
+    /// space, no normaliser, the ByteLevel decoder) of at most `vocab_size` tokens on `text`:
+    /// the special token [`HfTokenizer::END_OF_TEXT`] (id 0), the 256 byte tokens, then the
+    /// merges. Every byte has a token, so any text encodes without an unknown token and
+    /// `decode(encode(x)) == x`. Deterministic: the same text and size give the same JSON,
+    /// byte for byte. Fewer than `vocab_size` tokens when the text offers no more pairs to
+    /// merge.
     ///
     /// # Errors
-    /// [`DataError::InvalidConfig`] naming `max_vocab_size` when `vocab_size < 256`.
+    /// [`DataError::InvalidConfig`] naming `max_vocab_size` when `vocab_size` is below
+    /// [`HfTokenizer::MIN_BPE_VOCAB`].
     pub fn train_byte_level_bpe(text: &str, vocab_size: usize) -> Result<Self, DataError> {
+        Self::train_byte_level_bpe_on(chunks(text, CHUNK_BYTES), vocab_size)
+    }
+
+    /// As [`HfTokenizer::train_byte_level_bpe`], on a text given as the pieces `pieces` (read
+    /// from a file a piece at a time: the trainer keeps one count per distinct pre-token, never
+    /// the text). The result equals training on the pieces' concatenation when each piece ends
+    /// where the byte-level pre-tokenizer cuts anyway: at a line break between two characters
+    /// that are not whitespace (as [`chunks`] and `perplex data prepare` cut), or at the end.
+    ///
+    /// # Errors
+    /// As [`HfTokenizer::train_byte_level_bpe`].
+    pub fn train_byte_level_bpe_on<I, S>(pieces: I, vocab_size: usize) -> Result<Self, DataError>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
         Self::check_bpe_vocab_size(vocab_size)?;
         let err = |e: tokenizers::Error| DataError::Tokenizer {
             path: PathBuf::from("(training)"),
@@ -77,17 +101,15 @@ impl HfTokenizer {
             .vocab_size(vocab_size)
             .min_frequency(0)
             .show_progress(false)
-            .special_tokens(Vec::<AddedToken>::new())
+            .special_tokens(vec![AddedToken::from(Self::END_OF_TEXT, true)])
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
-        tokenizer
-            .train(&mut trainer, chunks(text, CHUNK_BYTES))
-            .map_err(err)?;
+        tokenizer.train(&mut trainer, pieces).map_err(err)?;
         let json = tokenizer.to_string(false).map_err(err)?;
         Self::from_json(json, Path::new("(trained tokenizer)"))
     }
 
-    /// Checks `max_vocab_size` for a byte-level BPE: at least its 256 byte tokens.
+    /// Checks `max_vocab_size` for a byte-level BPE: at least [`HfTokenizer::MIN_BPE_VOCAB`].
     ///
     /// # Errors
     /// [`DataError::InvalidConfig`] naming `max_vocab_size`.
@@ -100,8 +122,9 @@ impl HfTokenizer {
             value: vocab_size.to_string(),
             expected: format!(
                 "at least {} for tokenizer = \"bpe\" (the BPE vocabulary size, its 256 byte \
-                 tokens included)",
-                Self::MIN_BPE_VOCAB
+                 tokens and {} included)",
+                Self::MIN_BPE_VOCAB,
+                Self::END_OF_TEXT
             ),
         })
     }
@@ -216,6 +239,32 @@ impl HfTokenizer {
         Ok(ids)
     }
 
+    /// The size of the pieces text may be encoded in with the ids of the whole
+    /// ([`CHUNK_BYTES`], cut as [`chunks`] cuts), or `None` when this tokenizer needs each text
+    /// whole (see [`HfTokenizer::encode`]).
+    pub(crate) fn piece_bytes(&self) -> Option<usize> {
+        self.chunked.then_some(CHUNK_BYTES)
+    }
+
+    /// The ids of each of `pieces` (no special tokens added), encoded in parallel (the
+    /// tokenizer's `encode_batch_fast`, on its thread pool): each piece as [`HfTokenizer::encode`]
+    /// encodes it whole, so pieces cut as [`HfTokenizer::piece_bytes`] allows give the ids of
+    /// their concatenation.
+    ///
+    /// # Errors
+    /// As [`HfTokenizer::encode`].
+    pub(crate) fn encode_batch(&self, pieces: &[String]) -> Result<Vec<Vec<u32>>, DataError> {
+        let inputs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let encodings =
+            self.inner
+                .encode_batch_fast(inputs, false)
+                .map_err(|e| DataError::Tokenizer {
+                    path: PathBuf::from("(encoding)"),
+                    message: e.to_string(),
+                })?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
     /// `text` in the pieces it is encoded in: chunks of about `chunk_bytes`, or the whole.
     fn pieces<'t>(&self, text: &'t str, chunk_bytes: usize) -> impl Iterator<Item = &'t str> {
         chunks(
@@ -273,25 +322,33 @@ impl Tokenizer for HfTokenizer {
     }
 }
 
-/// Whether the tokenizer of `json` may encode text in [`chunks`]: no normaliser, and the
-/// byte-level pre-tokenizer with its regex and without prefix space.
+/// Whether the tokenizer of `json` may encode text in [`chunks`]: no normaliser, the
+/// byte-level pre-tokenizer with its regex and without prefix space, and no added token that a
+/// cut could change (one that spans a line break, or strips the whitespace on its left, which
+/// may be a cut line break).
 fn chunk_safe(json: &str) -> bool {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
         return false;
     };
     let pre = &value["pre_tokenizer"];
+    let added_safe = |t: &serde_json::Value| {
+        t["lstrip"] != true && t["content"].as_str().is_some_and(|c| !c.contains('\n'))
+    };
     value["normalizer"].is_null()
         && pre["type"] == "ByteLevel"
         && pre["add_prefix_space"] == false
         && pre["use_regex"] != false
+        && value["added_tokens"]
+            .as_array()
+            .is_none_or(|tokens| tokens.iter().all(added_safe))
 }
 
 /// `text` cut into pieces of about `target` bytes, each ending at a newline that stands
-/// between two characters that are not whitespace (`x\nY`), or at the end of the text. The
-/// byte-level pre-tokenizer's pieces never span such a newline, nor does its regex look past it
-/// (`\s+(?!\S)` would join `" \n"` at the end of a piece but not before `Y`), so encoding the
-/// pieces one by one gives the ids of the whole text.
-fn chunks(text: &str, target: usize) -> impl Iterator<Item = &str> + Send {
+/// between two characters that are not whitespace (`x\nY`, see [`safe_cut`]), or at the end of
+/// the text. The byte-level pre-tokenizer's pieces never span such a newline, nor does its regex
+/// look past it (`\s+(?!\S)` would join `" \n"` at the end of a piece but not before `Y`), so
+/// encoding the pieces one by one gives the ids of the whole text.
+pub(crate) fn chunks(text: &str, target: usize) -> impl Iterator<Item = &str> + Send {
     let mut rest = text;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -301,10 +358,7 @@ fn chunks(text: &str, target: usize) -> impl Iterator<Item = &str> + Send {
         let mut at = target.clamp(1, rest.len());
         while let Some(k) = rest.as_bytes()[at..].iter().position(|&b| b == b'\n') {
             let newline = at + k;
-            let before = rest[..newline].chars().next_back();
-            let after = rest[newline + 1..].chars().next();
-            let solid = |c: Option<char>| c.is_some_and(|c| !c.is_whitespace());
-            if solid(before) && solid(after) {
+            if safe_cut(rest, newline) {
                 cut = newline + 1;
                 break;
             }
@@ -314,6 +368,27 @@ fn chunks(text: &str, target: usize) -> impl Iterator<Item = &str> + Send {
         rest = tail;
         Some(chunk)
     })
+}
+
+/// Whether `text` may be cut after its line break at byte `newline` without changing the
+/// byte-level pre-tokenizer's pieces: the characters on both sides are not whitespace.
+pub(crate) fn safe_cut(text: &str, newline: usize) -> bool {
+    let solid = |c: Option<char>| c.is_some_and(|c| !c.is_whitespace());
+    solid(text[..newline].chars().next_back()) && solid(text[newline + 1..].chars().next())
+}
+
+/// The end (the byte after the line break) of the last place where `text` may be cut (see
+/// [`safe_cut`]), if it has one.
+pub(crate) fn last_safe_cut(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut end = bytes.len();
+    while let Some(newline) = bytes[..end].iter().rposition(|&b| b == b'\n') {
+        if safe_cut(text, newline) {
+            return Some(newline + 1);
+        }
+        end = newline;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -374,12 +449,12 @@ mod tests {
     }
 
     #[test]
-    fn a_vocabulary_below_256_names_the_key() {
+    fn a_vocabulary_below_257_names_the_key() {
         let e = HfTokenizer::train_byte_level_bpe(TEXT, 255)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("max_vocab_size = 255") && e.contains("at least 256"),
+            e.contains("max_vocab_size = 255") && e.contains("at least 257"),
             "{e}"
         );
     }

@@ -36,6 +36,7 @@ pub mod corpus;
 pub mod error;
 pub mod fetch;
 pub mod hf;
+mod pieces;
 pub mod prepared;
 pub mod source;
 pub mod stream;

@@ -1,15 +1,18 @@
 //! `perplex data prepare`: a corpus tokenized once into token files, streaming with bounded
 //! memory, and the data source that trains from them memory-mapped.
 //!
-//! [`prepare`] reads the corpus in chunks of whole lines three times (count the tokens, rank the
-//! training range's vocabulary, encode), so its memory holds one chunk and the vocabulary's
-//! counts, never the corpus; it writes `train.bin`, `valid.bin` (and `test.bin`) with their JSON
-//! headers and `vocab.json` into one directory. The ids equal those [`crate::LmData::load`]
-//! gives for the same `[data]` options, split for split.
+//! [`prepare`] reads the corpus a block at a time, so its memory holds one block and the
+//! vocabulary's counts (word level) or the BPE trainer's counts of distinct pre-tokens (`bpe`),
+//! never the corpus; it writes `train.bin`, `valid.bin` (and `test.bin`) with their JSON headers
+//! and `vocab.json` (with `tokenizer.json` for `bpe`) into one directory. The ids equal those
+//! [`crate::LmData::load`] gives for the same `[data]` options, split for split, and a `bpe`
+//! tokenizer trained here equals the one a `bpe` run trains from the text.
 //!
 //! [`PreparedData`] (`data.prepared = "dir"`) maps those files ([`MmapTokens`]): the training
 //! split is read by the configured loader (random windows or BPTT streams), validation and test
-//! in BPTT order, every token once.
+//! in BPTT order, every token once. Its vocabulary is `dir/vocab.json` (and `dir/tokenizer.json`),
+//! which a run copies into its own directory, so `perplex generate` and `perplex eval` encode
+//! and decode with the tokenizer that made the files.
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,10 +21,11 @@ use std::sync::Arc;
 use serde::Serialize;
 use tch::{Device, Tensor};
 
+use crate::pieces::TextPieces;
 use crate::token_file::{MmapTokens, TokenFileWriter};
 use crate::{
-    fetch, Batch, Batches, Cursor, DataConfig, DataError, DataSource, LoaderKind, RandomWindows,
-    TokenIds, TokenizerKind, Vocabulary,
+    fetch, Batch, Batches, Cursor, DataConfig, DataError, DataSource, HfTokenizer, LoaderKind,
+    RandomWindows, TokenIds, TokenizerKind, Vocabulary,
 };
 
 /// Bytes of text tokenized at a time.
@@ -105,6 +109,16 @@ enum Sources {
     },
 }
 
+impl Sources {
+    /// Whether the corpus has a test split.
+    fn has_test(&self, config: &DataConfig) -> bool {
+        match self {
+            Self::One(_) => config.splits.len() == 3,
+            Self::Files { test, .. } => test.is_some(),
+        }
+    }
+}
+
 fn sources(config: &DataConfig) -> Result<Sources, DataError> {
     config.validate()?;
     if let Some(train) = &config.train {
@@ -131,7 +145,8 @@ fn sources(config: &DataConfig) -> Result<Sources, DataError> {
 pub struct PrepareReport {
     /// The output directory.
     pub dir: PathBuf,
-    /// Vocabulary size (with `<unk>`).
+    /// Vocabulary size (with `<unk>` for a vocabulary built from counts; a Hugging Face
+    /// tokenizer's own size for `bpe`).
     pub vocab_size: usize,
     /// Tokens per split: train, valid, test.
     pub tokens: [u64; 3],
@@ -143,25 +158,119 @@ pub struct PrepareReport {
 /// module documentation. Existing files of the same names are replaced only once their
 /// replacements are complete.
 ///
+/// `word`, `char` and `whitespace` read the corpus three times (count tokens, rank the
+/// training range's vocabulary, encode). `bpe` cuts the text into splits as
+/// [`crate::LmData::load`] does (one file at `int(f · n)` characters), takes the tokenizer from
+/// `tokenizer_file` or trains a byte-level BPE of `max_vocab_size` tokens on the training
+/// split streamed in pieces ([`HfTokenizer::train_byte_level_bpe_on`]: the same tokenizer, byte
+/// for byte, as training on the whole split in memory), writes it as `tokenizer.json` beside
+/// `vocab.json`, and encodes each split a piece at a time into its ids. Memory holds a read
+/// block and, for `bpe` training, one count per distinct pre-token; never the corpus (except
+/// with a `tokenizer_file` that cannot encode text in pieces, see
+/// [`HfTokenizer::encode`], which gets each split whole).
+///
 /// # Errors
 /// What [`crate::LmData::load`] returns for the same options (missing file, invalid UTF-8, an
-/// empty corpus), and write errors naming the file.
+/// empty corpus or split, a bad tokenizer file), and write errors naming the file.
 pub fn prepare(config: &DataConfig, out: &Path) -> Result<PrepareReport, DataError> {
+    prepare_reading(config, out, crate::pieces::READ_BYTES)
+}
+
+/// [`prepare`], reading a `bpe` corpus `read_bytes` at a time.
+fn prepare_reading(
+    config: &DataConfig,
+    out: &Path,
+    read_bytes: usize,
+) -> Result<PrepareReport, DataError> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(out).map_err(|source| DataError::Io {
         path: out.to_path_buf(),
         source,
     })?;
-    let tokenizer = config
-        .tokenizer
-        .tokenizer()
-        .ok_or_else(|| DataError::InvalidConfig {
-            key: "tokenizer",
-            value: format!("{:?}", config.tokenizer).to_lowercase(),
-            expected: "word, char or whitespace for `perplex data prepare` (byte-level BPE \
-                       token files are not written yet: train a `bpe` run from the text)"
-                .into(),
-        })?;
+    let src = sources(config)?;
+    let (vocab, tokens) = match config.tokenizer.tokenizer() {
+        Some(rules) => prepare_rule_based(config, &src, rules.as_ref(), out)?,
+        None => prepare_hf(config, &src, out, read_bytes)?,
+    };
+    // Also writes `tokenizer.json` for a Hugging Face tokenizer's vocabulary.
+    vocab.save(&out.join("vocab.json"))?;
+    Ok(PrepareReport {
+        dir: out.to_path_buf(),
+        vocab_size: vocab.len(),
+        tokens,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The token files of the splits, written side by side.
+struct SplitWriters {
+    writers: Vec<TokenFileWriter>,
+}
+
+impl SplitWriters {
+    const NAMES: [&'static str; 3] = ["train", "valid", "test"];
+
+    /// Writers for `train.bin`, `valid.bin` (and `test.bin`) in `out`.
+    fn create(
+        out: &Path,
+        vocab_size: usize,
+        tokenizer: &str,
+        tokenizer_file: Option<&str>,
+        has_test: bool,
+    ) -> Result<Self, DataError> {
+        let splits = if has_test { 3 } else { 2 };
+        let writers = Self::NAMES[..splits]
+            .iter()
+            .map(|split| {
+                let path = out.join(format!("{split}.bin"));
+                let writer = TokenFileWriter::create(&path, vocab_size, tokenizer)?;
+                Ok(match tokenizer_file {
+                    Some(file) => writer.with_tokenizer_file(file),
+                    None => writer,
+                })
+            })
+            .collect::<Result<_, DataError>>()?;
+        Ok(Self { writers })
+    }
+
+    fn len(&self) -> usize {
+        self.writers.len()
+    }
+
+    /// Appends `ids` to split `split` (0 train, 1 valid, 2 test).
+    fn write(&mut self, split: usize, ids: &[u32]) -> Result<(), DataError> {
+        self.writers[split].write(ids)
+    }
+
+    /// Renames the files into place: the tokens per split.
+    ///
+    /// # Errors
+    /// [`DataError::SplitTooSmall`] for a split without a token, before any file is renamed.
+    fn finish(self, config: &DataConfig) -> Result<[u64; 3], DataError> {
+        if let Some(i) = self.writers.iter().position(|w| w.tokens() == 0) {
+            return Err(DataError::SplitTooSmall {
+                split: Self::NAMES[i].into(),
+                tokens: 0,
+                needed: config.seq_len + 1,
+                batch_size: config.batch_size,
+                seq_len: config.seq_len,
+            });
+        }
+        let mut tokens = [0u64; 3];
+        for (i, w) in self.writers.into_iter().enumerate() {
+            tokens[i] = w.finish()?.tokens;
+        }
+        Ok(tokens)
+    }
+}
+
+/// `word`, `char`, `whitespace`: count, rank the training range's vocabulary, encode.
+fn prepare_rule_based(
+    config: &DataConfig,
+    src: &Sources,
+    tokenizer: &dyn crate::Tokenizer,
+    out: &Path,
+) -> Result<(Vocabulary, [u64; 3]), DataError> {
     // `word` reads lines as Python's `split('\n')` (a trailing empty line has its `<eos>`): its
     // chunks leave the cut line break out; `char` and `whitespace` keep it.
     let keep_newline = config.tokenizer != TokenizerKind::Word;
@@ -179,26 +288,19 @@ pub fn prepare(config: &DataConfig, out: &Path) -> Result<PrepareReport, DataErr
             stats.insert(t.to_string(), (1, pos));
         }
     };
-    let src = sources(config)?;
-    let train_end: Option<(usize, usize)> = match &src {
+    let train_end: Option<(usize, usize)> = match src {
         Sources::One(path) => {
             let mut n = 0usize;
             each(path, &mut |_| n += 1)?;
-            let f = &config.splits;
-            let n_train = (f[0] * n as f64) as usize;
-            let n_valid_end = if f.len() == 3 {
-                ((f[0] + f[1]) * n as f64) as usize
-            } else {
-                n
-            };
+            let (train, valid, _) = crate::corpus::split(0..n, &config.splits);
             let mut pos = 0usize;
             each(path, &mut |t| {
-                if pos < n_train {
+                if pos < train.end {
                     count_train(t, pos);
                 }
                 pos += 1;
             })?;
-            Some((n_train, n_valid_end))
+            Some((train.end, valid.end))
         }
         Sources::Files { train, .. } => {
             let mut pos = 0usize;
@@ -216,29 +318,19 @@ pub fn prepare(config: &DataConfig, out: &Path) -> Result<PrepareReport, DataErr
     );
     drop(stats);
     let name = format!("{:?}", config.tokenizer).to_lowercase();
-    let writer = |split: &str| {
-        TokenFileWriter::create(&out.join(format!("{split}.bin")), vocab.len(), &name)
-    };
-    let has_test = match &src {
-        Sources::One(_) => config.splits.len() == 3,
-        Sources::Files { test, .. } => test.is_some(),
-    };
-    let mut writers = vec![writer("train")?, writer("valid")?];
-    if has_test {
-        writers.push(writer("test")?);
-    }
+    let mut writers = SplitWriters::create(out, vocab.len(), &name, None, src.has_test(config))?;
     let mut failed: Option<DataError> = None;
     let mut buffers: Vec<Vec<u32>> = vec![Vec::with_capacity(1 << 16); writers.len()];
-    let mut push = |split: usize, t: &str, writers: &mut Vec<TokenFileWriter>| {
+    let mut push = |split: usize, t: &str, writers: &mut SplitWriters| {
         buffers[split].push(vocab.id(t) as u32);
         if buffers[split].len() == buffers[split].capacity() {
-            if let Err(e) = writers[split].write(&buffers[split]) {
+            if let Err(e) = writers.write(split, &buffers[split]) {
                 failed.get_or_insert(e);
             }
             buffers[split].clear();
         }
     };
-    match &src {
+    match src {
         Sources::One(path) => {
             let (n_train, n_valid_end) = train_end.expect("one file has split points");
             let mut pos = 0usize;
@@ -265,28 +357,165 @@ pub fn prepare(config: &DataConfig, out: &Path) -> Result<PrepareReport, DataErr
     if let Some(e) = failed {
         return Err(e);
     }
-    let mut tokens = [0u64; 3];
-    for (i, (mut w, rest)) in writers.into_iter().zip(buffers).enumerate() {
-        w.write(&rest)?;
-        tokens[i] = w.tokens();
-        if w.tokens() == 0 {
-            return Err(DataError::SplitTooSmall {
-                split: ["train", "valid", "test"][i].into(),
-                tokens: 0,
-                needed: config.seq_len + 1,
-                batch_size: config.batch_size,
-                seq_len: config.seq_len,
-            });
-        }
-        w.finish()?;
+    for (split, rest) in buffers.iter().enumerate() {
+        writers.write(split, rest)?;
     }
-    vocab.save(&out.join("vocab.json"))?;
-    Ok(PrepareReport {
-        dir: out.to_path_buf(),
-        vocab_size: vocab.len(),
-        tokens,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok((vocab, writers.finish(config)?))
+}
+
+/// Pieces of text (of [`crate::hf::CHUNK_BYTES`]) encoded in parallel at a time: a megabyte,
+/// whose HF encodings (a `String` per token among others) take some tens of megabytes.
+const ENCODE_BATCH: usize = 16;
+
+/// `bpe`: the text cut into splits, the tokenizer loaded or trained on the training split,
+/// each split encoded a piece at a time (see [`prepare`]).
+fn prepare_hf(
+    config: &DataConfig,
+    src: &Sources,
+    out: &Path,
+    read_bytes: usize,
+) -> Result<(Vocabulary, [u64; 3]), DataError> {
+    // (file, character offsets that cut it into splits, index of its first split)
+    let parts: Vec<(&Path, Vec<usize>, usize)> = match src {
+        Sources::One(path) => {
+            let (train, valid, test) = crate::corpus::split(0..text_chars(path)?, &config.splits);
+            let mut cuts = vec![train.end];
+            cuts.extend(test.map(|_| valid.end));
+            vec![(path.as_path(), cuts, 0)]
+        }
+        Sources::Files { train, valid, test } => {
+            let files = [Some(train), Some(valid), test.as_ref()];
+            let mut parts = Vec::new();
+            for (split, path) in files.into_iter().enumerate() {
+                if let Some(path) = path {
+                    text_chars(path)?;
+                    parts.push((path.as_path(), Vec::new(), split));
+                }
+            }
+            parts
+        }
+    };
+    let hf = Arc::new(match &config.tokenizer_file {
+        Some(file) => {
+            let hf = HfTokenizer::from_file(file)?;
+            tracing::info!(file = %file.display(), vocab = hf.vocab_size(), "tokenizer loaded");
+            hf
+        }
+        None => {
+            let (path, cuts, _) = &parts[0];
+            train_bpe(path, cuts, config.max_vocab_size, read_bytes)?
+        }
+    });
+    if hf.piece_bytes().is_none() {
+        tracing::warn!(
+            "this tokenizer cannot encode text in pieces with the ids of the whole (a normaliser,              or a pre-tokenizer other than the byte-level one without prefix space): each split              is held in memory whole"
+        );
+    }
+    let vocab = Vocabulary::from_hf(hf.clone())?;
+    let mut writers = SplitWriters::create(
+        out,
+        vocab.len(),
+        "bpe",
+        Some(HfTokenizer::FILE),
+        src.has_test(config),
+    )?;
+    let started = std::time::Instant::now();
+    // Pieces of one split, encoded together in parallel.
+    let mut batch: (usize, Vec<String>) = (0, Vec::with_capacity(ENCODE_BATCH));
+    let flush = |batch: &mut (usize, Vec<String>), writers: &mut SplitWriters| {
+        for ids in hf.encode_batch(&batch.1)? {
+            writers.write(batch.0, &ids)?;
+        }
+        batch.1.clear();
+        Ok::<(), DataError>(())
+    };
+    for (path, cuts, first_split) in &parts {
+        for item in TextPieces::open(path, cuts.clone(), hf.piece_bytes(), read_bytes)? {
+            let (split, piece) = item?;
+            let split = first_split + split;
+            if split != batch.0 || batch.1.len() == ENCODE_BATCH {
+                flush(&mut batch, &mut writers)?;
+                batch.0 = split;
+            }
+            batch.1.push(piece);
+        }
+    }
+    flush(&mut batch, &mut writers)?;
+    let tokens = writers.finish(config)?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        tokens = tokens.iter().sum::<u64>(),
+        seconds = format!("{seconds:.2}"),
+        tokens_per_second = format!(
+            "{:.0}",
+            tokens.iter().sum::<u64>() as f64 / seconds.max(1e-9)
+        ),
+        "encoded"
+    );
+    Ok((vocab, tokens))
+}
+
+/// A byte-level BPE of `vocab_size` tokens trained on split 0 of `path` cut at `cuts`,
+/// streamed in pieces.
+fn train_bpe(
+    path: &Path,
+    cuts: &[usize],
+    vocab_size: usize,
+    read_bytes: usize,
+) -> Result<HfTokenizer, DataError> {
+    let started = std::time::Instant::now();
+    let pieces = TextPieces::open(
+        path,
+        cuts.to_vec(),
+        Some(crate::hf::CHUNK_BYTES),
+        read_bytes,
+    )?;
+    let mut failed: Option<DataError> = None;
+    let mut train_bytes = 0usize;
+    let training = pieces.map_while(|item| match item {
+        Ok((0, piece)) => {
+            train_bytes += piece.len();
+            Some(piece)
+        }
+        Ok(_) => None,
+        Err(e) => {
+            failed = Some(e);
+            None
+        }
+    });
+    let hf = HfTokenizer::train_byte_level_bpe_on(training, vocab_size);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let hf = hf?;
+    tracing::info!(
+        vocab = hf.vocab_size(),
+        max_vocab_size = vocab_size,
+        train_bytes,
+        seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "byte-level BPE trained on the training split"
+    );
+    Ok(hf)
+}
+
+/// The number of characters of a text file.
+///
+/// # Errors
+/// [`DataError::EmptyCorpus`] for a file of only whitespace (as [`crate::LmData::load`] says),
+/// and the errors of [`for_each_chunk`].
+fn text_chars(path: &Path) -> Result<usize, DataError> {
+    let (mut chars, mut has_text) = (0usize, false);
+    for_each_chunk(path, true, &mut |text| {
+        chars += text.chars().count();
+        has_text |= !text.trim().is_empty();
+        Ok(())
+    })?;
+    if !has_text {
+        return Err(DataError::EmptyCorpus {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(chars)
 }
 
 /// BPTT windows read from token ids in place (no tensor of the whole split): the layout of
@@ -407,6 +636,16 @@ impl PreparedData {
             expected: "the directory `perplex data prepare` wrote".into(),
         })?;
         let vocab = Vocabulary::load(&dir.join("vocab.json"))?;
+        if config.tokenizer == TokenizerKind::Bpe && vocab.hf_tokenizer().is_none() {
+            return Err(DataError::InvalidVocabulary {
+                path: dir.join("vocab.json"),
+                message: format!(
+                    "data.tokenizer is `bpe` but this vocabulary names no {}: prepare the corpus \
+                     again with tokenizer = \"bpe\"",
+                    HfTokenizer::FILE
+                ),
+            });
+        }
         let open = |split: &str| -> Result<Arc<MmapTokens>, DataError> {
             let m = MmapTokens::open(&dir.join(format!("{split}.bin")))?;
             let h = m.header();
@@ -549,19 +788,37 @@ mod tests {
 
     /// Every split of a prepared corpus holds exactly the ids `LmData::load` gives, and the
     /// loaders read the same batches from the mapped files as from the in-memory tensors.
+    /// For `bpe` too: the BPE trained from the streamed training split is the one trained on
+    /// the whole split in memory (the same `tokenizer.json`), read in blocks of 997 bytes that
+    /// cut lines and characters.
     #[test]
     fn prepared_ids_equal_in_memory_ids() {
         let dir = tempfile::tempdir().unwrap();
         let path = corpus(dir.path());
-        for (tokenizer, cap, splits) in [
-            (TokenizerKind::Word, 0, vec![0.8, 0.1, 0.1]),
-            (TokenizerKind::Char, 0, vec![0.9, 0.1]),
-            (TokenizerKind::Word, 5, vec![0.9, 0.1]),
-            (TokenizerKind::Whitespace, 0, vec![0.9, 0.1]),
+        let saved = dir.path().join("saved-tokenizer.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        HfTokenizer::train_byte_level_bpe(&text, 280)
+            .unwrap()
+            .save(&saved)
+            .unwrap();
+        for (tokenizer, cap, splits, file) in [
+            (TokenizerKind::Word, 0, vec![0.8, 0.1, 0.1], None),
+            (TokenizerKind::Char, 0, vec![0.9, 0.1], None),
+            (TokenizerKind::Word, 5, vec![0.9, 0.1], None),
+            (TokenizerKind::Whitespace, 0, vec![0.9, 0.1], None),
+            (TokenizerKind::Bpe, 300, vec![0.9, 0.1], None),
+            (TokenizerKind::Bpe, 320, vec![0.8, 0.1, 0.1], None),
+            (
+                TokenizerKind::Bpe,
+                0,
+                vec![0.8, 0.1, 0.1],
+                Some(saved.clone()),
+            ),
         ] {
             let mut config = DataConfig {
                 path: Some(path.clone()),
                 tokenizer,
+                tokenizer_file: file.clone(),
                 max_vocab_size: cap,
                 splits,
                 batch_size: 4,
@@ -569,7 +826,21 @@ mod tests {
                 ..DataConfig::default()
             };
             let out = dir.path().join(format!("prep-{tokenizer:?}-{cap}"));
-            let report = prepare(&config, &out).unwrap();
+            let report = prepare_reading(&config, &out, 997).unwrap();
+            if tokenizer == TokenizerKind::Bpe {
+                let header: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(out.join("valid.json")).unwrap())
+                        .unwrap();
+                assert_eq!(header["tokenizer"], "bpe");
+                assert_eq!(header["tokenizer_file"], "tokenizer.json");
+            }
+            if let Some(file) = &file {
+                assert_eq!(
+                    std::fs::read(out.join("tokenizer.json")).unwrap(),
+                    std::fs::read(file).unwrap(),
+                    "the given tokenizer file is copied beside the token files"
+                );
+            }
             let mem = LmData::load(&config).unwrap();
             config.prepared = Some(out.clone());
             let prep = PreparedData::open(&config).unwrap();
@@ -593,6 +864,59 @@ mod tests {
             let b = collect_epoch(prep.valid_batches(Device::Cpu).unwrap().as_ref(), 1).unwrap();
             assert_eq!(a, b, "{tokenizer:?} valid batches");
         }
+    }
+
+    /// BB2-12: `<|endoftext|>` in the corpus (trusted text) is the trained BPE's special token:
+    /// three documents give exactly three of its id in the prepared file, as in memory, never
+    /// the pieces `<|`, `endoftext`, `|>`; it decodes back to the literal, and a prompt's
+    /// literal encodes to the same one id.
+    #[test]
+    fn bb2_12_end_of_text_in_the_corpus_is_one_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let filler = std::fs::read_to_string(corpus(dir.path())).unwrap();
+        let train = dir.path().join("train.txt");
+        let valid = dir.path().join("valid.txt");
+        let docs = "one<|endoftext|>two<|endoftext|>three<|endoftext|>";
+        std::fs::write(
+            &train,
+            format!(
+                "{filler}{docs}
+{filler}"
+            ),
+        )
+        .unwrap();
+        std::fs::write(&valid, &filler).unwrap();
+        let mut config = DataConfig {
+            train: Some(train.clone()),
+            valid: Some(valid),
+            tokenizer: TokenizerKind::Bpe,
+            max_vocab_size: 300,
+            batch_size: 4,
+            seq_len: 8,
+            ..DataConfig::default()
+        };
+        let out = dir.path().join("p");
+        prepare(&config, &out).unwrap();
+        let mem = LmData::load(&config).unwrap();
+        config.prepared = Some(out);
+        let prep = PreparedData::open(&config).unwrap();
+        assert_eq!(prep.vocab, mem.vocab);
+        let hf = prep.vocab.hf_tokenizer().unwrap();
+        let eot = prep.vocab.id(HfTokenizer::END_OF_TEXT);
+        assert_eq!(prep.vocab.token(eot), Some(HfTokenizer::END_OF_TEXT));
+        let mut ids = vec![0i64; prep.train.len()];
+        prep.train.copy_window(0, &mut ids);
+        assert_eq!(ids, Vec::<i64>::try_from(&mem.train).unwrap());
+        assert_eq!(ids.iter().filter(|&&i| i == eot).count(), 3);
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        assert_eq!(
+            hf.decode(&ids).unwrap(),
+            std::fs::read_to_string(&train).unwrap()
+        );
+        assert_eq!(hf.decode(&[eot as u32]).unwrap(), HfTokenizer::END_OF_TEXT);
+        let prompt = hf.encode("a<|endoftext|>b").unwrap();
+        assert_eq!(prompt.len(), 3, "{prompt:?}");
+        assert_eq!(i64::from(prompt[1]), eot);
     }
 
     #[test]

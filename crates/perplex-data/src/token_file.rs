@@ -1,8 +1,9 @@
 //! Token files: a split tokenized once into a flat array of `u16` (vocabularies up to 65,536
 //! tokens) or `u32` ids, little-endian (`train.bin`), with a small JSON header beside it
-//! (`train.json`: vocabulary size, dtype, token count, tokenizer), the layout of nanoGPT's
-//! `prepare.py`. Training reads them memory-mapped ([`MmapTokens`], a [`TokenIds`]), so a
-//! corpus of any size costs address space, not resident memory.
+//! (`train.json`: vocabulary size, dtype, token count, tokenizer and, for `bpe`, its
+//! `tokenizer.json`), the layout of nanoGPT's `prepare.py`. Training reads them memory-mapped
+//! ([`MmapTokens`], a [`TokenIds`]), so a corpus of any size costs address space, not resident
+//! memory.
 //!
 //! A file is written through [`TokenFileWriter`]: ids are streamed to a temporary file in the
 //! same directory, and the file and its header are renamed into place only by
@@ -56,8 +57,12 @@ pub struct TokenFileHeader {
     pub dtype: TokenDtype,
     /// Number of tokens in the `.bin` file.
     pub tokens: u64,
-    /// The tokenizer that produced the ids (`word`, `char`, `bpe`, ..., or a file).
+    /// The tokenizer that produced the ids: `word`, `char`, `whitespace` or `bpe`.
     pub tokenizer: String,
+    /// For `bpe`, the Hugging Face tokenizer file that produced the ids, beside the token file
+    /// (`tokenizer.json`); absent for the rule-based tokenizers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_file: Option<String>,
 }
 
 /// The header path of a token file: `train.bin` -> `train.json`.
@@ -75,6 +80,7 @@ pub struct TokenFileWriter {
     vocab_size: usize,
     tokens: u64,
     tokenizer: String,
+    tokenizer_file: Option<String>,
 }
 
 impl TokenFileWriter {
@@ -106,7 +112,14 @@ impl TokenFileWriter {
             vocab_size,
             tokens: 0,
             tokenizer: tokenizer.to_string(),
+            tokenizer_file: None,
         })
+    }
+
+    /// Names the tokenizer file (beside the token file) in the header.
+    pub fn with_tokenizer_file(mut self, file: &str) -> Self {
+        self.tokenizer_file = Some(file.to_string());
+        self
     }
 
     /// Appends `ids` (each below the vocabulary size).
@@ -163,6 +176,7 @@ impl TokenFileWriter {
             dtype: self.dtype,
             tokens: self.tokens,
             tokenizer: self.tokenizer.clone(),
+            tokenizer_file: self.tokenizer_file.clone(),
         };
         self.tmp
             .persist(&self.path)
@@ -319,6 +333,54 @@ mod tests {
     fn u16_and_u32_files_read_back_the_ids_written() {
         roundtrip(50_257);
         roundtrip(100_000);
+    }
+
+    /// BB2-15: u16 holds vocabularies of up to 65,536 ids (id 65,535 reads back as 65,535, not
+    /// widened for nothing), u32 from 65,537 (id 65,536 reads back as 65,536, never wrapped to
+    /// 0, nor 70,000 to 4,464); the header records the dtype, and a raw read of the bytes as the
+    /// header says gives the ids too.
+    #[test]
+    fn bb2_15_u16_up_to_65536_ids_and_u32_above_never_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        for (vocab, dtype) in [
+            (65_535, TokenDtype::U16),
+            (65_536, TokenDtype::U16),
+            (65_537, TokenDtype::U32),
+            (70_001, TokenDtype::U32),
+        ] {
+            assert_eq!(TokenDtype::for_vocab(vocab), dtype, "{vocab}");
+            let top = vocab as u32 - 1;
+            let ids = [0, top, 65_535.min(top), top / 2, 1];
+            let bin = dir.path().join(format!("v{vocab}.bin"));
+            let mut w = TokenFileWriter::create(&bin, vocab, "bpe").unwrap();
+            w.write(&ids).unwrap();
+            let header = w.finish().unwrap();
+            assert_eq!(header.dtype, dtype);
+            let on_disk: TokenFileHeader =
+                serde_json::from_slice(&std::fs::read(header_path(&bin)).unwrap()).unwrap();
+            assert_eq!(on_disk, header);
+            let want: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+            let m = MmapTokens::open(&bin).unwrap();
+            let mut got = vec![0i64; ids.len()];
+            m.copy_window(0, &mut got);
+            assert_eq!(got, want, "{vocab}");
+            let bytes = std::fs::read(&bin).unwrap();
+            let raw: Vec<i64> = match dtype {
+                TokenDtype::U16 => bytes
+                    .chunks_exact(2)
+                    .map(|b| i64::from(u16::from_le_bytes([b[0], b[1]])))
+                    .collect(),
+                TokenDtype::U32 => bytes
+                    .chunks_exact(4)
+                    .map(|b| i64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                    .collect(),
+            };
+            assert_eq!(raw, want, "{vocab}");
+        }
+        // An id the vocabulary does not hold is refused, not truncated into another id.
+        let mut w = TokenFileWriter::create(&dir.path().join("x.bin"), 65_536, "bpe").unwrap();
+        let msg = w.write(&[65_536]).unwrap_err().to_string();
+        assert!(msg.contains("65536") && msg.contains("below"), "{msg}");
     }
 
     #[test]

@@ -132,7 +132,7 @@ fn too_small_a_bpe_vocabulary_is_an_error_naming_the_key() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("max_vocab_size = 100") && e.contains("at least 256"),
+        e.contains("max_vocab_size = 100") && e.contains("at least 257"),
         "{e}"
     );
     let word_with_file = DataConfig {
@@ -237,6 +237,8 @@ fn tokenizer_file_loads_any_hugging_face_tokenizer_and_keeps_its_unknown_id() {
     assert_eq!(ids(&again.train), ids(&data.train));
 }
 
+/// BB2-13 (WikiText `<unk>` split into `<`, `unk`, `>`) on real WikiText-2 text: `<unk>` and
+/// `@-@` stay one token each, and `<unk>` is the unknown id.
 #[test]
 fn whitespace_tokenizer_keeps_wikitext_unk_and_at_markers_as_single_tokens() {
     let path = fixture("wikitext-2-valid-head.txt");
@@ -284,4 +286,111 @@ fn whitespace_tokenizer_keeps_wikitext_unk_and_at_markers_as_single_tokens() {
         word,
         ["a", "<", "unk", ">", "red", "@", "-", "@", "tipped", "<eos>"]
     );
+}
+
+/// BB2-10 on the prepare path: `perplex data prepare` trains a 512-token byte-level BPE on a
+/// corpus of Unicode, tabs, runs of whitespace, blank lines and CRLF (the Unicode sample) and
+/// Tiny Shakespeare; its token files decode back to the corpus byte for byte, its
+/// `tokenizer.json` round-trips every line of its own training text and the pitfall's strings,
+/// no clean-up deletes the space before `!`, and no prefix space is added to `wait`.
+#[test]
+fn bb2_10_prepared_bpe_round_trips_the_corpus_and_unicode_whitespace_and_crlf() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = std::fs::read_to_string(fixture("unicode-sample.txt")).unwrap();
+    let shakespeare = std::fs::read_to_string(tiny_shakespeare()).unwrap();
+    let text = format!("{}{}", sample.repeat(20), &shakespeare[..200_000]);
+    let path = dir.path().join("corpus.txt");
+    std::fs::write(&path, &text).unwrap();
+    let out = dir.path().join("tokens");
+    let report = perplex_data::prepare(&bpe_config(path, 512), &out).unwrap();
+    assert_eq!(report.vocab_size, 512);
+    let hf = HfTokenizer::from_file(&out.join(HfTokenizer::FILE)).unwrap();
+    let read_ids = |split: &str| -> Vec<u32> {
+        let bin = out.join(format!("{split}.bin"));
+        let m = perplex_data::MmapTokens::open(&bin).unwrap();
+        let mut ids = vec![0i64; perplex_data::TokenIds::len(&m)];
+        perplex_data::TokenIds::copy_window(&m, 0, &mut ids);
+        as_u32(&ids)
+    };
+    let train = hf.decode(&read_ids("train")).unwrap();
+    let valid = hf.decode(&read_ids("valid")).unwrap();
+    assert!(
+        format!("{train}{valid}") == text,
+        "the token files do not decode to the corpus"
+    );
+    for line in train.split_inclusive('\n') {
+        assert_eq!(hf.decode(&hf.encode(line).unwrap()).unwrap(), line);
+    }
+    for s in [
+        "wait !",
+        "prices rose 3 @.@ 5 % , analysts said .",
+        "  two leading spaces",
+        "tab\there\nnew line\n\n",
+        "trailing space ",
+        "naïve café",
+        "日本語のテキスト",
+        "emoji 🤗👍🏽",
+        "I'll don't",
+        "a\r\nb\r\n\r\n",
+        "",
+    ] {
+        let ids = hf.encode(s).unwrap();
+        let back = hf.decode(&ids).unwrap();
+        assert!(
+            back == s,
+            "{s:?}: {:x?} != {:x?}",
+            back.as_bytes(),
+            s.as_bytes()
+        );
+    }
+    let wait = hf.encode("wait !").unwrap();
+    let first = hf.decode(&wait[..1]).unwrap();
+    assert!(
+        first.starts_with('w'),
+        "a prefix space was added: {first:?}"
+    );
+}
+
+/// BB2-13 with the pitfall's own input, in memory and through `perplex data prepare`: the first
+/// line is `the <unk> was @-@ high <unk> . <eos>` (8 ids, `<unk>` the unknown id 0), and the
+/// vocabulary is the distinct whitespace-separated tokens of the train file plus `<eos>`.
+#[test]
+fn bb2_13_whitespace_keeps_unk_one_token_in_memory_and_prepared() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.txt");
+    let valid = dir.path().join("valid.txt");
+    std::fs::write(&train, " the <unk> was @-@ high <unk> . \n = heading = \n").unwrap();
+    std::fs::write(&valid, " the <unk> was high . \n").unwrap();
+    let mut config = DataConfig {
+        train: Some(train),
+        valid: Some(valid),
+        tokenizer: TokenizerKind::Whitespace,
+        max_vocab_size: 0,
+        batch_size: 1,
+        seq_len: 2,
+        ..DataConfig::default()
+    };
+    let mem = LmData::load(&config).unwrap();
+    let want: Vec<i64> = ["the", "<unk>", "was", "@-@", "high", "<unk>", ".", "<eos>"]
+        .iter()
+        .map(|t| mem.vocab.id(t))
+        .collect();
+    assert_eq!(ids(&mem.train)[..8], want);
+    assert_eq!((want[1], want[5]), (0, 0));
+    // the <unk> was @-@ high . = heading, and <eos>.
+    assert_eq!(mem.vocab.len(), 9);
+    let out = dir.path().join("tokens");
+    perplex_data::prepare(&config, &out).unwrap();
+    config.prepared = Some(out);
+    let prepared = perplex_data::PreparedData::open(&config).unwrap();
+    assert_eq!(prepared.vocab, mem.vocab);
+    use perplex_data::DataSource;
+    let epoch = |b: &dyn perplex_data::Batches| perplex_data::collect_epoch(b, 1).unwrap();
+    let cpu = tch::Device::Cpu;
+    assert_eq!(
+        epoch(prepared.train_batches(cpu, 0).unwrap().as_ref()),
+        epoch(mem.train_loader(cpu, 0).unwrap().as_ref())
+    );
+    let valid = prepared.split_ids("valid").unwrap().unwrap();
+    assert_eq!(ids(&valid), ids(&mem.valid));
 }

@@ -2,6 +2,11 @@
 //! broadcast before the first step; after each step's backward the gradients are summed over
 //! ranks in flat buckets (PyTorch DDP's `bucket_cap_mb`, 25 MB by default), without dividing:
 //! the trainer already divides every rank's loss by the global normaliser.
+//!
+//! Each reduction is timed and its bytes counted ([`DataParallel::reduction_stats`]): one
+//! `debug` line per reduction (target `perplex_dist::data_parallel`, message `gradient
+//! all-reduce`, fields `rank`, `reduction`, `ms`, `bytes`, `buckets`; `cargo xtask bench ddp`
+//! reads them) and an `info` line with the mean when the strategy is dropped.
 use std::cell::Cell;
 use std::time::Instant;
 
@@ -13,6 +18,32 @@ use crate::{DistError, ProcessGroup};
 
 /// Gradient bucket size when none is set: PyTorch DDP's default `bucket_cap_mb = 25`.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
+
+/// What this rank's gradient reductions cost so far ([`DataParallel::reduction_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReductionStats {
+    /// Gradient reductions made: one per optimizer step (after the last micro-batch's backward).
+    pub reductions: u64,
+    /// Their total wall time on this rank, in seconds: flattening, the all-reduce calls
+    /// (including the wait for slower ranks to arrive) and copying back.
+    pub seconds: f64,
+    /// Bytes of gradient the last reduction summed: every parameter's `numel × element size`
+    /// (4 per f32 value), what each rank hands to the all-reduce per step.
+    pub bytes: u64,
+    /// All-reduce calls (buckets) the last reduction made.
+    pub buckets: usize,
+}
+
+impl ReductionStats {
+    /// Mean seconds per reduction (0 before the first).
+    pub fn mean_seconds(&self) -> f64 {
+        if self.reductions > 0 {
+            self.seconds / self.reductions as f64
+        } else {
+            0.0
+        }
+    }
+}
 
 /// Data-parallel training: every rank holds the whole model and reads its rows of each global
 /// batch ([`Strategy::shard`]'s default); only rank 0 writes files, and the other ranks wait for
@@ -26,8 +57,8 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
 pub struct DataParallel {
     group: ProcessGroup,
     bucket_bytes: usize,
-    /// Gradient reductions made and the seconds they took (for the log at the end).
-    reductions: Cell<(u64, f64)>,
+    /// Gradient reductions made, their seconds and size (for the logs).
+    reductions: Cell<ReductionStats>,
 }
 
 impl DataParallel {
@@ -36,7 +67,7 @@ impl DataParallel {
         Self {
             group,
             bucket_bytes: DEFAULT_BUCKET_BYTES,
-            reductions: Cell::new((0, 0.0)),
+            reductions: Cell::new(ReductionStats::default()),
         }
     }
 
@@ -61,13 +92,20 @@ impl DataParallel {
 
     /// Gradient reductions so far and their mean duration in seconds.
     pub fn reduction_time(&self) -> (u64, f64) {
-        let (n, seconds) = self.reductions.get();
-        (n, if n > 0 { seconds / n as f64 } else { 0.0 })
+        let stats = self.reductions.get();
+        (stats.reductions, stats.mean_seconds())
+    }
+
+    /// Gradient reductions so far: how many, their time on this rank and the bytes and buckets
+    /// of the last one.
+    pub fn reduction_stats(&self) -> ReductionStats {
+        self.reductions.get()
     }
 
     /// Sums one bucket of gradients: flattened into one tensor, reduced, copied back. A
     /// parameter without a gradient on this rank contributes zeros (the others may have one).
-    fn reduce_bucket(&self, params: &[&Tensor]) -> Result<(), DistError> {
+    /// Returns the bytes reduced.
+    fn reduce_bucket(&self, params: &[&Tensor]) -> Result<u64, DistError> {
         let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
         let flat: Vec<Tensor> = params
             .iter()
@@ -91,7 +129,7 @@ impl DataParallel {
             }
             offset += n;
         }
-        Ok(())
+        Ok((bucket.numel() * bucket.kind().elt_size_in_bytes()) as u64)
     }
 }
 
@@ -126,6 +164,10 @@ impl Strategy for DataParallel {
         self.group.world_size()
     }
 
+    fn local_rank(&self) -> usize {
+        self.group.launch().local_rank
+    }
+
     /// Every rank starts from rank 0's variables (its seed may differ, or its init be random).
     fn prepare(&self, variables: &[(String, Tensor)]) -> Result<(), TrainerError> {
         tch::no_grad(|| {
@@ -154,27 +196,45 @@ impl Strategy for DataParallel {
 
     fn reduce_gradients(&self, params: &[(String, Tensor)]) -> Result<(), TrainerError> {
         let start = Instant::now();
-        tch::no_grad(|| {
-            for bucket in buckets(params, self.bucket_bytes) {
-                self.reduce_bucket(&bucket)?;
+        let (bytes, buckets) = tch::no_grad(|| {
+            let buckets = buckets(params, self.bucket_bytes);
+            let mut bytes = 0;
+            for bucket in &buckets {
+                bytes += self.reduce_bucket(bucket)?;
             }
-            Ok::<_, DistError>(())
+            Ok::<_, DistError>((bytes, buckets.len()))
         })?;
-        let (n, seconds) = self.reductions.get();
-        self.reductions
-            .set((n + 1, seconds + start.elapsed().as_secs_f64()));
+        let seconds = start.elapsed().as_secs_f64();
+        let before = self.reductions.get();
+        let stats = ReductionStats {
+            reductions: before.reductions + 1,
+            seconds: before.seconds + seconds,
+            bytes,
+            buckets,
+        };
+        self.reductions.set(stats);
+        tracing::debug!(
+            rank = self.rank(),
+            reduction = stats.reductions,
+            ms = 1e3 * seconds,
+            bytes,
+            buckets,
+            "gradient all-reduce"
+        );
         Ok(())
     }
 }
 
 impl Drop for DataParallel {
     fn drop(&mut self) {
-        let (n, mean) = self.reduction_time();
-        if n > 0 {
+        let stats = self.reduction_stats();
+        if stats.reductions > 0 {
             tracing::info!(
                 rank = self.rank(),
-                reductions = n,
-                mean_ms = format!("{:.2}", 1e3 * mean),
+                reductions = stats.reductions,
+                mean_ms = format!("{:.2}", 1e3 * stats.mean_seconds()),
+                bytes = stats.bytes,
+                buckets = stats.buckets,
                 "gradient all-reduce time per step"
             );
         }

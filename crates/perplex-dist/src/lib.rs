@@ -30,7 +30,7 @@ pub mod error;
 pub mod launch;
 pub mod process_group;
 
-pub use data_parallel::DataParallel;
+pub use data_parallel::{DataParallel, ReductionStats};
 pub use error::DistError;
 pub use launch::Launch;
 pub use process_group::{c10d_available, ProcessGroup};

@@ -140,6 +140,11 @@ fn data_parallel(dp: DataParallel, r: f64) {
     assert_eq!(Vec::<f32>::try_from(vars[0].1.grad()).unwrap(), [3.0; 3]);
     assert_eq!(Vec::<f32>::try_from(vars[1].1.grad()).unwrap(), [6.0; 3]);
     assert!(!vars[2].1.grad().defined());
+    // What the reduction reports is what it sent: 3 tensors of 3 f32 (36 bytes), each its own
+    // bucket under a 16-byte cap (v2 as zeros), in one reduction.
+    let stats = dp.reduction_stats();
+    assert_eq!((stats.reductions, stats.bytes, stats.buckets), (1, 36, 3));
+    assert!(stats.seconds > 0.0 && stats.mean_seconds() == stats.seconds);
     let sum = dp.all_reduce_sum(&Tensor::from(r + 1.0)).unwrap();
     assert_eq!(f64::try_from(sum).unwrap(), 3.0);
 }

@@ -65,7 +65,7 @@ pub use callbacks::{
     StepEvent,
 };
 pub use config::{OnNonFinite, Precision, RunConfig, TrainerConfig};
-pub use device::parse_device;
+pub use device::{parse_device, parse_device_for_local_rank};
 pub use error::TrainerError;
 pub use host_memory::HostAllocator;
 pub use inference::{Generation, LoadedModel, TokenLoss};

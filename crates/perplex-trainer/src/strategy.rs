@@ -35,6 +35,13 @@ pub trait Strategy: Debug + Send {
     /// The number of processes.
     fn world_size(&self) -> usize;
 
+    /// This process's index among the job's processes on its machine (torchrun's
+    /// `LOCAL_RANK`): `trainer.device = "auto"` (or `"cuda"`) means `cuda:LOCAL_RANK`. 0 by
+    /// default.
+    fn local_rank(&self) -> usize {
+        0
+    }
+
     /// Whether this process writes files (checkpoints, metrics, summary): rank 0.
     fn is_primary(&self) -> bool {
         self.rank() == 0

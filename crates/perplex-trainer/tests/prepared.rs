@@ -50,3 +50,44 @@ fn prepared_token_files_train_exactly_as_the_text_corpus() {
         }
     }
 }
+
+/// `tokenizer = "bpe"`: the byte-level BPE that `prepare` trains from the streamed training
+/// split is the one a run trains from the text in memory, the run directory gets the prepared
+/// `tokenizer.json`, and training from the token files gives the same losses, bit for bit.
+#[test]
+fn prepared_bpe_token_files_train_exactly_as_the_text_corpus() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str| {
+        let extra = "eval_every = 6\nthreads = 1";
+        let loss = "type = \"softmax_cross_entropy\"";
+        let mut c = common::tiny_char_config(dir.path(), name, loss, extra);
+        c.data.tokenizer = perplex_data::TokenizerKind::Bpe;
+        c.data.max_vocab_size = 300;
+        c.data.loader = perplex_data::LoaderKind::RandomWindows;
+        c.trainer.max_steps = 12;
+        c.trainer.log_every = 1;
+        c
+    };
+    let text = config("bpe-text");
+    let out = dir.path().join("tokens-bpe");
+    let report = perplex_data::prepare(&text.data, &out).unwrap();
+    assert_eq!(report.vocab_size, 300);
+    let mut prepared = config("bpe-prepared");
+    prepared.data.prepared = Some(out.clone());
+    Trainer::from_config(text).unwrap().fit().unwrap();
+    Trainer::from_config(prepared).unwrap().fit().unwrap();
+    let tokenizer =
+        |d: &std::path::Path| std::fs::read_to_string(d.join("tokenizer.json")).unwrap();
+    let from_text = tokenizer(&dir.path().join("bpe-text"));
+    assert_eq!(tokenizer(&out), from_text, "prepare trained another BPE");
+    assert_eq!(tokenizer(&dir.path().join("bpe-prepared")), from_text);
+    let a = losses(&dir.path().join("bpe-text"));
+    let b = losses(&dir.path().join("bpe-prepared"));
+    assert!(a.len() >= 12, "{a:?}");
+    assert_eq!(a.len(), b.len());
+    for ((sa, la), (sb, lb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert_eq!(la.to_bits(), lb.to_bits(), "step {sa}: {la} vs {lb}");
+    }
+}

@@ -18,7 +18,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use super::child::{self, Finished, Stream};
-use super::{median, min_max, thousands};
+use super::{field, finite, median, min_max, parse_f64, thousands};
 use crate::Torch;
 
 /// Arguments of `cargo xtask bench train`.
@@ -220,28 +220,6 @@ impl RunOutcome {
             "log": log,
         })
     }
-}
-
-/// JSON has no NaN: `null` instead.
-fn finite(x: f64) -> Value {
-    if x.is_finite() {
-        json!(x)
-    } else {
-        Value::Null
-    }
-}
-
-/// `key=value` out of a tracing line (`key=3`, `key="3"`).
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!(" {key}=");
-    let i = line.find(&pat)? + pat.len();
-    let rest = &line[i..];
-    let v = rest.split_whitespace().next()?;
-    Some(v.trim_matches('"'))
-}
-
-fn parse_f64(v: Option<&str>) -> Option<f64> {
-    v?.trim_matches('"').parse().ok()
 }
 
 /// Everything the perplex side needs for one level.
@@ -886,17 +864,4 @@ fn table(level: &str, e: &Value, p: &Plan, ceil: f64) -> String {
         ));
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tracing_fields_are_read_with_or_without_quotes() {
-        let l = r#"2025 INFO perplex_trainer::trainer: train epoch=1 step=12 loss="5.1" tokens_per_sec="3400" lr=0.001"#;
-        assert_eq!(field(l, "step"), Some("12"));
-        assert_eq!(field(l, "tokens_per_sec"), Some("3400"));
-        assert_eq!(field(l, "missing"), None);
-    }
 }

@@ -22,7 +22,7 @@ use crate::callbacks::{
 };
 use crate::checkpoint::{self, Manifest};
 use crate::config::{OnNonFinite, Precision, RunConfig, TrainerConfig};
-use crate::device::parse_device;
+use crate::device::parse_device_for_local_rank;
 use crate::run_dir::{self, files};
 use crate::teacher::Teacher;
 use crate::TrainerError;
@@ -228,7 +228,8 @@ impl Trainer {
         }
         let dir = run_dir::run_path(&config.trainer.run_dir, config.trainer.run_name.as_deref());
         if !strategy.is_primary() {
-            return Ok(Self::build(config, dir, None)?.with_strategy(strategy));
+            let local_rank = strategy.local_rank();
+            return Ok(Self::build(config, dir, None, local_rank)?.with_strategy(strategy));
         }
         if dir.join(files::CONFIG).exists() {
             // Never train a new run into an old one's directory (mixed checkpoints and metrics).
@@ -242,7 +243,7 @@ impl Trainer {
                 ),
             });
         }
-        let trainer = Self::build(config, dir, None)?;
+        let trainer = Self::build(config, dir, None, strategy.local_rank())?;
         trainer.write_run_files(true)?;
         Ok(trainer.with_strategy(strategy))
     }
@@ -255,7 +256,7 @@ impl Trainer {
     /// A trainer that writes no file and runs no callback, for tools that drive single steps
     /// themselves ([`crate::lr_find`]).
     pub(crate) fn in_memory(config: RunConfig) -> Result<Self, TrainerError> {
-        let mut trainer = Self::build(config, PathBuf::new(), None)?;
+        let mut trainer = Self::build(config, PathBuf::new(), None, 0)?;
         trainer.run_dir = None;
         trainer.callbacks.clear();
         Ok(trainer)
@@ -287,12 +288,13 @@ impl Trainer {
         config: RunConfig,
         dir: PathBuf,
         vocab: Option<perplex_data::Vocabulary>,
+        local_rank: usize,
     ) -> Result<Self, TrainerError> {
         let tc = config.trainer.clone();
         if tc.threads > 0 {
             tch::set_num_threads(tc.threads as i32);
         }
-        let device = parse_device(&tc.device)?;
+        let device = parse_device_for_local_rank(&tc.device, local_rank)?;
         let retained = tc.host_allocator.apply();
         tracing::info!(
             device = ?device,

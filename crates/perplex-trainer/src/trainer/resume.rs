@@ -29,7 +29,7 @@ impl Trainer {
     /// model does not have; [`TrainerError::Finished`] for a run that has finished (nothing is
     /// changed); and the errors of [`Trainer::from_config`].
     pub fn resume(spec: &str, run_root: &Path, overrides: &[String]) -> Result<Self, TrainerError> {
-        Self::resume_inner(spec, run_root, overrides, true, 1)
+        Self::resume_inner(spec, run_root, overrides, true, 1, 0)
     }
 
     /// [`Trainer::resume`] as one process of `strategy`: every process loads the checkpoint,
@@ -53,9 +53,9 @@ impl Trainer {
         strategy: Box<dyn crate::strategy::Strategy>,
     ) -> Result<Self, TrainerError> {
         let primary = strategy.is_primary();
-        let world_size = strategy.world_size();
+        let (world_size, local_rank) = (strategy.world_size(), strategy.local_rank());
         Ok(
-            Self::resume_inner(spec, run_root, overrides, primary, world_size)?
+            Self::resume_inner(spec, run_root, overrides, primary, world_size, local_rank)?
                 .with_strategy(strategy),
         )
     }
@@ -71,7 +71,7 @@ impl Trainer {
         run_root: &Path,
         overrides: &[String],
     ) -> Result<String, TrainerError> {
-        Ok(Self::resume_inner(spec, run_root, overrides, false, 1)?.config_toml)
+        Ok(Self::resume_inner(spec, run_root, overrides, false, 1, 0)?.config_toml)
     }
 
     fn resume_inner(
@@ -80,6 +80,7 @@ impl Trainer {
         overrides: &[String],
         write: bool,
         world_size: usize,
+        local_rank: usize,
     ) -> Result<Self, TrainerError> {
         let ckpt = checkpoint::resolve(spec, run_root)?;
         let run = checkpoint::run_of(&ckpt);
@@ -94,7 +95,7 @@ impl Trainer {
         check_world_size(&config, manifest.world_size, world_size, &ckpt)?;
         let vocab = perplex_data::Vocabulary::load(&run.join(files::VOCAB))?;
         let batch_size = config.data.batch_size as i64;
-        let mut trainer = Self::build(config, run.clone(), Some(vocab))?;
+        let mut trainer = Self::build(config, run.clone(), Some(vocab), local_rank)?;
         let (manifest, hidden) =
             checkpoint::load(&ckpt, &mut trainer.vs, trainer.optimizer.as_mut())?;
         if let Some(h) = &hidden {
