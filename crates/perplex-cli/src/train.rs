@@ -56,6 +56,11 @@ pub fn run(
                 // Every check training runs before its first step, without a run directory or
                 // the corpus.
                 cfg.validate()?;
+                // Under a launcher, also whether its processes can share the batches (without
+                // joining the job).
+                if let Some(launch) = Launch::from_env()? {
+                    cfg.check_world_size(launch.world_size)?;
+                }
                 print!("{}", cfg.to_toml()?);
                 return Ok(());
             }
@@ -65,7 +70,15 @@ pub fn run(
     // SIGINT/SIGTERM: finish the step, checkpoint, write the summary, exit 130/143; a second
     // signal ends the process at once.
     let mut trainer = trainer.with_interrupt(Interrupt::install()?);
+    let primary = trainer.is_primary();
     let summary = trainer.fit()?;
+    if !primary {
+        // Rank 0 reports the run and how to continue it; the others only exit alike.
+        if let Some(signal) = summary.interrupted {
+            std::process::exit(i32::from(signal.exit_code()));
+        }
+        return Ok(());
+    }
     if let Some(last) = summary.epochs.last() {
         let valid = last
             .valid

@@ -878,3 +878,45 @@ fn a_nan_on_one_rank_makes_every_rank_skip_or_stop_together() {
         assert_eq!(checkpoint_steps(&runs.join(&name)), vec![1, 2], "{name}");
     }
 }
+
+/// A global batch two ranks cannot share equally (7 rows) is refused before any file of the run
+/// is written, so the run name stays free for the corrected command; `--dry-run` under the
+/// launcher's variables says the same without joining a job.
+#[test]
+fn a_batch_the_ranks_cannot_share_is_refused_before_the_run_directory_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "type = \"sgd\"\nlr = 0.1", 2);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("batch_size = 8", "batch_size = 7")).unwrap();
+    let runs = dir.path().join("runs");
+    let port = free_port();
+    let children: Vec<Child> = (0..2)
+        .map(|r| start(rank(r, 2, port, 60), &cfg, &runs, &format!("b7-rank{r}")))
+        .collect();
+    for (r, child) in children.into_iter().enumerate() {
+        let name = format!("b7-rank{r}");
+        let (ok, stderr) = finish(child, Duration::from_secs(120), &runs, &name);
+        assert!(!ok, "rank {r} accepted a batch of 7 over 2 ranks");
+        let line = error_line(&stderr);
+        assert!(
+            line.contains("data.batch_size = 7") && line.contains("world size 2"),
+            "{line}"
+        );
+        assert!(
+            !runs.join(&name).exists(),
+            "{name}: a run directory was left"
+        );
+    }
+    let out = rank(0, 2, free_port(), 60)
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "--dry-run accepted a batch of 7 over 2 ranks"
+    );
+    let line = error_line(&String::from_utf8_lossy(&out.stderr));
+    assert!(line.contains("data.batch_size = 7"), "{line}");
+}

@@ -212,6 +212,35 @@ fn a_resume_that_cannot_continue_changes_no_file_and_a_finished_run_says_so() {
         snapshot(&run) == before,
         "a finished run's directory changed"
     );
+    // A max_steps set below the run's step: the hint names a value above that step (following
+    // a hint of twice the set value would loop), and following it trains on.
+    let out = perplex()
+        .args(["train", "--resume"])
+        .arg(&run)
+        .args(["--set", "trainer.max_steps=1"])
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    let hint: u64 = stdout
+        .rsplit("trainer.max_steps=")
+        .next()
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no max_steps hint: {stdout}"));
+    let reached: u64 = stdout
+        .split("reached at step ")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step: {stdout}"));
+    assert!(
+        hint > reached,
+        "hint {hint} not above step {reached}: {stdout}"
+    );
+    assert!(
+        snapshot(&run) == before,
+        "a finished run's directory changed"
+    );
     // Another corpus on resume: the run's vocabulary is used, not one rebuilt from the new text.
     let other = dir.path().join("other.txt");
     std::fs::write(&other, "ZZZZ qqqq ".repeat(4000)).unwrap();

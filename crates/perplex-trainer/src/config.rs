@@ -368,6 +368,56 @@ impl RunConfig {
         }
     }
 
+    /// Checks that `world_size` processes can share this config's batches: each takes
+    /// `data.batch_size / world_size` rows of every training batch (a multiple of
+    /// `trainer.accumulate`) and `eval_batch_size / world_size` of every evaluation batch. Run
+    /// before any file of a run is written, and by `--dry-run` under a launcher.
+    ///
+    /// # Errors
+    /// [`TrainerError::Config`] naming the key, its value and the world size.
+    pub fn check_world_size(&self, world_size: usize) -> Result<(), TrainerError> {
+        if world_size <= 1 {
+            return Ok(());
+        }
+        let bad = |key: &str, value: usize, expected: String| TrainerError::Config {
+            source_name: key.to_string(),
+            message: format!("{key} = {value}: expected {expected}"),
+        };
+        let (batch, accumulate) = (
+            self.data.batch_size,
+            self.trainer.accumulate.max(1) as usize,
+        );
+        if !batch.is_multiple_of(world_size) {
+            return Err(bad(
+                "data.batch_size",
+                batch,
+                format!(
+                    "a multiple of the world size {world_size} (the global batch is shared                      out in equal rows)"
+                ),
+            ));
+        }
+        if !(batch / world_size).is_multiple_of(accumulate) {
+            return Err(bad(
+                "data.batch_size",
+                batch,
+                format!(
+                    "each of the {world_size} processes' {} rows to be a multiple of                      trainer.accumulate = {accumulate}",
+                    batch / world_size
+                ),
+            ));
+        }
+        if let Some(eval) = self.data.eval_batch_size {
+            if !eval.is_multiple_of(world_size) {
+                return Err(bad(
+                    "data.eval_batch_size",
+                    eval,
+                    format!("a multiple of the world size {world_size}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs the checks that [`crate::Trainer::from_config`] runs before training, without
     /// creating the run directory or reading the corpus: the device, `trainer.accumulate`
     /// against `data.batch_size`, the data options, the model's options (the model is built on

@@ -226,6 +226,9 @@ impl Trainer {
         if let Ok(cwd) = std::env::current_dir() {
             config.absolutize_paths(&cwd);
         }
+        // Before any file: a world size that cannot share the batches would otherwise stop
+        // the run after rank 0 created its directory.
+        config.check_world_size(strategy.world_size())?;
         let dir = run_dir::run_path(&config.trainer.run_dir, config.trainer.run_name.as_deref());
         if !strategy.is_primary() {
             let local_rank = strategy.local_rank();
@@ -375,6 +378,11 @@ impl Trainer {
             trainer.add_callback(ProgressBar::new());
         }
         Ok(trainer)
+    }
+
+    /// Whether this process is the one that writes files and reports (rank 0, or the only one).
+    pub fn is_primary(&self) -> bool {
+        self.strategy.is_primary()
     }
 
     /// Stops training gracefully when `interrupt` fires (SIGINT/SIGTERM): the current step

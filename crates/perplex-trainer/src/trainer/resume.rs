@@ -110,11 +110,13 @@ impl Trainer {
             let (step, c) = (trainer.pos.step, &trainer.config);
             let (reason, hint) = if trainer.max_steps_reached() {
                 (
-                    format!("trainer.max_steps = {} reached", c.max_steps),
+                    format!("trainer.max_steps = {} reached at step {step}", c.max_steps),
+                    // Above the step the run is at (a --set below it must not loop).
                     format!(
-                        "raise trainer.max_steps: --resume {} --set trainer.max_steps={}",
+                        "raise trainer.max_steps above {step}: --resume {} --set \
+                         trainer.max_steps={}",
                         run.display(),
-                        c.max_steps * 2
+                        step.max(c.max_steps) * 2
                     ),
                 )
             } else {
