@@ -116,6 +116,25 @@ fn example_command(program: &Path, torch: &Option<Torch>, device: &str) -> Comma
     cmd
 }
 
+/// The resolved config that `perplex train --dry-run` printed (`out`), as a TOML table; an error
+/// with the tail of its output when the dry run refused the benchmark's settings.
+fn resolved_config(out: &child::Finished) -> Result<toml::Table> {
+    if !out.success() {
+        bail!(
+            "`perplex train --dry-run` rejected the benchmark's settings ({}):\n{}",
+            out.describe(),
+            out.tail(10)
+        );
+    }
+    let text: String = out
+        .lines
+        .iter()
+        .filter(|l| l.stream == child::Stream::Stdout)
+        .map(|l| format!("{}\n", l.text))
+        .collect();
+    toml::from_str(&text).context("parsing `perplex train --dry-run`")
+}
+
 /// The 1-, 5- and 15-minute load averages.
 fn loadavg() -> [f64; 3] {
     let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

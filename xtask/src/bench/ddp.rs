@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
-use super::child::{self, Finished, Stream};
+use super::child::{self, Finished};
 use super::{field, finite, median, min_max, parse_f64, thousands};
 use crate::Torch;
 
@@ -237,21 +237,7 @@ fn resolve(bin: &Path, p: &Plan, user: &[String], torch: &Option<Torch>) -> Resu
         cmd.arg("--set").arg(o);
     }
     let out = child::run(&mut cmd, Duration::from_secs(60), None)?;
-    if !out.success() {
-        bail!(
-            "`perplex train --dry-run` rejected the benchmark's settings ({}):\n{}",
-            out.describe(),
-            out.tail(10)
-        );
-    }
-    let toml_text: String = out
-        .lines
-        .iter()
-        .filter(|l| l.stream == Stream::Stdout)
-        .map(|l| format!("{}\n", l.text))
-        .collect();
-    let cfg: toml::Table =
-        toml::from_str(&toml_text).context("parsing `perplex train --dry-run`")?;
+    let cfg = super::resolved_config(&out)?;
     let int = |key: &str| -> Result<u64> {
         cfg.get("data")
             .and_then(|s| s.get(key))
@@ -871,6 +857,7 @@ fn table(e: &Value, p: &Plan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::child::Stream;
 
     #[test]
     fn ring_all_reduce_moves_two_n_minus_one_over_n_of_the_bytes() {

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
@@ -268,21 +268,7 @@ fn prepare_perplex<'a>(
         child::run(&mut cmd, Duration::from_secs(60), None)
     };
     let out = dry(&overrides)?;
-    if !out.success() {
-        bail!(
-            "`perplex train --dry-run` rejected the benchmark's settings ({}):\n{}",
-            out.describe(),
-            out.tail(10)
-        );
-    }
-    let toml_text: String = out
-        .lines
-        .iter()
-        .filter(|l| l.stream == Stream::Stdout)
-        .map(|l| format!("{}\n", l.text))
-        .collect();
-    let cfg: toml::Table =
-        toml::from_str(&toml_text).context("parsing `perplex train --dry-run`")?;
+    let cfg = super::resolved_config(&out)?;
     let num = |section: &str, key: &str, default: f64| -> f64 {
         cfg.get(section)
             .and_then(|s| s.get(key))
