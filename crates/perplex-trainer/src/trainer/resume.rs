@@ -192,9 +192,8 @@ fn check_world_size(
     }
     let batch_size = config.data.batch_size as u64;
     let accumulate = config.trainer.accumulate.max(1);
-    let divides = batch_size.is_multiple_of(world_size as u64)
-        && (batch_size / world_size as u64).is_multiple_of(accumulate);
-    if !divides {
+    // The rule a new run checks (`RunConfig::check_world_size`), said in a resume's terms.
+    if config.check_world_size(world_size).is_err() {
         return Err(TrainerError::Config {
             source_name: format!("--resume {}", ckpt.display()),
             message: format!(
