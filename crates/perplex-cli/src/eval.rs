@@ -83,11 +83,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if wanted == 0 {
         bail!("--batch-size must be at least 1");
     }
-    // Each stream needs two tokens (one input, one target).
-    let batch_size = wanted.min(n / 2).max(1);
+    // The text is cut into `batch_size` streams (PyTorch word_language_model's `batchify`):
+    // each stream's first token is never a target and the tail that does not fill a stream is
+    // dropped, so up to 2 x batch_size tokens go unscored. With at least one window
+    // (`seq_len` + 1 tokens) per stream that is at most ~2/(seq_len + 1) of the text; more
+    // streams than that would leave most of a short text unscored.
+    let batch_size = wanted.min(n / (seq_len + 1)).max(1);
     if batch_size < wanted {
         eprintln!(
-            "note: {what} has {n} tokens, too few for {wanted} streams; scoring it as {batch_size}"
+            "note: {what} has {n} tokens, too few for {wanted} streams of a {seq_len}-token window; scoring it as {batch_size}"
         );
     }
     let losses = model.token_losses(&ids, batch_size, seq_len)?;
@@ -103,7 +107,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let loss = sum / count.max(1) as f64;
     println!("checkpoint   {}", model.weights.display());
     println!(
-        "scored       {what}: {count} of {n} {unit}s ({batch_size} streams x windows of {seq_len}), {:.2}% <unk>",
+        "scored       {what}: {count} of {n} {unit}s ({batch_size} stream{} x windows of {seq_len}), {:.2}% <unk>",
+        if batch_size == 1 { "" } else { "s" },
         100.0 * unknown as f64 / n as f64
     );
     println!();

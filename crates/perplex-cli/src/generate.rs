@@ -18,19 +18,29 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 200)]
     pub max_tokens: usize,
     /// Softmax temperature; 0 is greedy decoding (always the most likely token).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Sample only among the K most likely tokens (0: all).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub top_k: usize,
     /// Nucleus sampling: only among the most likely tokens whose probabilities reach P (1: all).
-    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "P",
+        allow_negative_numbers = true
+    )]
     pub top_p: f64,
     /// Random seed: the same seed, model, options and device give the same text.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: i64,
     /// Vocabulary ids never to generate (repeatable, or comma-separated).
-    #[arg(long = "ban", value_name = "ID", value_delimiter = ',')]
+    #[arg(
+        long = "ban",
+        value_name = "ID",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
     pub ban: Vec<i64>,
     /// Tokens never to generate, by their text (repeatable; e.g. `--ban-token '<unk>'`).
     #[arg(long = "ban-token", value_name = "TOKEN")]

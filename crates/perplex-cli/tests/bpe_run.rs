@@ -107,6 +107,20 @@ fn a_bpe_run_writes_its_tokenizer_and_generates_eval_and_resume_read_it() {
         report.contains(&scored) && report.contains("0.00% <unk>"),
         "{report}"
     );
+    // `data.eval_batch_size = 256` streams would leave most of this short text unscored (each
+    // stream's first token is never a target): eval uses fewer, each at least one 17-token
+    // window, so at most 2 tokens in 17 go unscored.
+    let count: usize = report
+        .split("text.txt: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no scored count in:\n{report}"));
+    assert!(
+        count * 17 >= tokens.len() * 15,
+        "{count} of {} tokens scored:\n{report}",
+        tokens.len()
+    );
 
     // Resuming reads the run's tokenizer.json: nothing is retrained, the file is unchanged,
     // even with a vocabulary size that would train another tokenizer.

@@ -183,23 +183,132 @@ fn prepare_reading(
     read_bytes: usize,
 ) -> Result<PrepareReport, DataError> {
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(out).map_err(|source| DataError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    let replacing = check_output_dir(out)?;
     let src = sources(config)?;
+    // Everything is written into a staging directory beside `out` and renamed into place at the
+    // end: a failed or interrupted prepare leaves `out` as it was, and a replaced set of token
+    // files leaves no file of the old set behind (a stale `tokenizer.json` or `test.bin`).
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataError::Io { path, source }
+    };
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".prepare-")
+        .tempdir_in(parent)
+        .map_err(io(parent))?;
+    let dir = staging.path();
     let (vocab, tokens) = match config.tokenizer.tokenizer() {
-        Some(rules) => prepare_rule_based(config, &src, rules.as_ref(), out)?,
-        None => prepare_hf(config, &src, out, read_bytes)?,
+        Some(rules) => prepare_rule_based(config, &src, rules.as_ref(), dir)?,
+        None => prepare_hf(config, &src, dir, read_bytes)?,
     };
     // Also writes `tokenizer.json` for a Hugging Face tokenizer's vocabulary.
-    vocab.save(&out.join("vocab.json"))?;
+    vocab.save(&dir.join("vocab.json"))?;
+    // The staging directory was made 0700: give it a directory's usual mode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io(dir))?;
+    }
+    if replacing {
+        tracing::warn!(dir = %out.display(), "replacing the token files prepared there before");
+        let old = tempfile::Builder::new()
+            .prefix(".prepare-old-")
+            .tempdir_in(parent)
+            .map_err(io(parent))?;
+        let old_set = old.path().join("set");
+        std::fs::rename(out, &old_set).map_err(io(out))?;
+        if let Err(source) = std::fs::rename(dir, out) {
+            // Put the old set back: `out` is never left missing.
+            let _ = std::fs::rename(&old_set, out);
+            return Err(DataError::Io {
+                path: out.to_path_buf(),
+                source,
+            });
+        }
+        drop(old);
+    } else {
+        // `out` is absent or an empty directory (which a rename replaces).
+        std::fs::rename(dir, out).map_err(io(out))?;
+    }
+    // The staging directory is `out` now: nothing left to remove.
+    let _ = staging.keep();
     Ok(PrepareReport {
         dir: out.to_path_buf(),
         vocab_size: vocab.len(),
         tokens,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The warning for a config whose `data.max_vocab_size` is not the one token file `m` was
+/// prepared with: the vocabulary is the file's, so the config's value is not used (and the
+/// run's `config.toml` would record a size it did not train with). `None` when they agree, for
+/// a loaded `tokenizer_file`, and for files that do not record it.
+fn unused_max_vocab_size(m: &MmapTokens, config: &DataConfig) -> Option<String> {
+    let made = m.header().max_vocab_size?;
+    (config.tokenizer_file.is_none() && made != config.max_vocab_size).then(|| {
+        format!(
+            "data.max_vocab_size = {} is not used: {} was prepared with {made} (its vocabulary \
+             has {} tokens); set data.max_vocab_size = {made} to match, or prepare the corpus \
+             again for another size",
+            config.max_vocab_size,
+            m.path().display(),
+            m.header().vocab_size
+        )
+    })
+}
+
+/// The files `perplex data prepare` writes in its output directory.
+const PREPARED_FILES: [&str; 8] = [
+    "train.bin",
+    "train.json",
+    "valid.bin",
+    "valid.json",
+    "test.bin",
+    "test.json",
+    "vocab.json",
+    HfTokenizer::FILE,
+];
+
+/// Checks `out` before any work: absent or empty (`false`), or holding only the files of an
+/// earlier prepare (`true`: they will be replaced as a set). Anything else there is refused, so
+/// a mistyped `--out` cannot replace a directory of other files.
+fn check_output_dir(out: &Path) -> Result<bool, DataError> {
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(DataError::Io {
+                path: out.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut any = false;
+    for entry in entries {
+        let entry = entry.map_err(|source| DataError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let name = entry.file_name();
+        if !PREPARED_FILES.iter().any(|f| name == *f) {
+            return Err(DataError::InvalidConfig {
+                key: "prepare --out",
+                value: out.display().to_string(),
+                expected: format!(
+                    "a new or empty directory, or one that holds only token files of an earlier                      prepare (it holds {})",
+                    Path::new(&name).display()
+                ),
+            });
+        }
+        any = true;
+    }
+    Ok(any)
 }
 
 /// The token files of the splits, written side by side.
@@ -216,6 +325,7 @@ impl SplitWriters {
         vocab_size: usize,
         tokenizer: &str,
         tokenizer_file: Option<&str>,
+        max_vocab_size: Option<usize>,
         has_test: bool,
     ) -> Result<Self, DataError> {
         let splits = if has_test { 3 } else { 2 };
@@ -224,8 +334,12 @@ impl SplitWriters {
             .map(|split| {
                 let path = out.join(format!("{split}.bin"));
                 let writer = TokenFileWriter::create(&path, vocab_size, tokenizer)?;
-                Ok(match tokenizer_file {
+                let writer = match tokenizer_file {
                     Some(file) => writer.with_tokenizer_file(file),
+                    None => writer,
+                };
+                Ok(match max_vocab_size {
+                    Some(m) => writer.with_max_vocab_size(m),
                     None => writer,
                 })
             })
@@ -318,7 +432,14 @@ fn prepare_rule_based(
     );
     drop(stats);
     let name = format!("{:?}", config.tokenizer).to_lowercase();
-    let mut writers = SplitWriters::create(out, vocab.len(), &name, None, src.has_test(config))?;
+    let mut writers = SplitWriters::create(
+        out,
+        vocab.len(),
+        &name,
+        None,
+        Some(config.max_vocab_size),
+        src.has_test(config),
+    )?;
     let mut failed: Option<DataError> = None;
     let mut buffers: Vec<Vec<u32>> = vec![Vec::with_capacity(1 << 16); writers.len()];
     let mut push = |split: usize, t: &str, writers: &mut SplitWriters| {
@@ -408,7 +529,9 @@ fn prepare_hf(
     });
     if hf.piece_bytes().is_none() {
         tracing::warn!(
-            "this tokenizer cannot encode text in pieces with the ids of the whole (a normaliser,              or a pre-tokenizer other than the byte-level one without prefix space): each split              is held in memory whole"
+            "this tokenizer cannot encode text in pieces with the ids of the whole (a normaliser, \
+                    or a pre-tokenizer other than the byte-level one without prefix space): each split \
+                    is held in memory whole"
         );
     }
     let vocab = Vocabulary::from_hf(hf.clone())?;
@@ -417,6 +540,10 @@ fn prepare_hf(
         vocab.len(),
         "bpe",
         Some(HfTokenizer::FILE),
+        config
+            .tokenizer_file
+            .is_none()
+            .then_some(config.max_vocab_size),
         src.has_test(config),
     )?;
     let started = std::time::Instant::now();
@@ -628,7 +755,9 @@ impl PreparedData {
     ///
     /// # Errors
     /// Missing or malformed files, named; a header whose tokenizer or vocabulary size is not the
-    /// config's or `vocab.json`'s; a split too small for one batch.
+    /// config's or `vocab.json`'s; a split too small for one batch. A header prepared with
+    /// another `data.max_vocab_size` than the config's is used with a warning (the vocabulary is
+    /// the files').
     pub fn open(config: &DataConfig) -> Result<Self, DataError> {
         let dir = config.prepared.as_deref().ok_or(DataError::InvalidConfig {
             key: "prepared",
@@ -661,6 +790,9 @@ impl PreparedData {
                         vocab.len()
                     ),
                 });
+            }
+            if let Some(warning) = unused_max_vocab_size(&m, config) {
+                tracing::warn!("{warning}");
             }
             Ok(Arc::new(m))
         };
@@ -964,5 +1096,99 @@ mod tests {
             msg.contains("`char` tokenizer") && msg.contains("prepare"),
             "{msg}"
         );
+    }
+
+    /// A `data.max_vocab_size` other than the one the files were prepared with is not used:
+    /// the files' vocabulary is, with a warning naming the file, both sizes and the fix (not
+    /// silently).
+    #[test]
+    fn a_max_vocab_size_other_than_the_prepared_one_is_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = DataConfig {
+            path: Some(corpus(dir.path())),
+            tokenizer: TokenizerKind::Word,
+            max_vocab_size: 8,
+            batch_size: 2,
+            seq_len: 4,
+            ..DataConfig::default()
+        };
+        let out = dir.path().join("p");
+        prepare(&config, &out).unwrap();
+        config.prepared = Some(out);
+        let same = PreparedData::open(&config).unwrap();
+        assert_eq!(unused_max_vocab_size(&same.train, &config), None);
+        config.max_vocab_size = 300;
+        let other = PreparedData::open(&config).unwrap();
+        assert_eq!(other.vocab, same.vocab);
+        let msg = unused_max_vocab_size(&other.train, &config).unwrap();
+        assert!(
+            msg.contains("train.bin")
+                && msg.contains("data.max_vocab_size = 300 is not used")
+                && msg.contains("prepared with 8"),
+            "{msg}"
+        );
+    }
+
+    /// Preparing into a directory of earlier token files replaces them as a set (no stale
+    /// `tokenizer.json` or `test.bin` of the old set is left); a directory holding anything
+    /// else is refused before any work, unchanged; no staging directory is left behind.
+    #[test]
+    fn prepare_replaces_an_earlier_set_whole_and_refuses_other_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = corpus(dir.path());
+        let out = dir.path().join("tokens");
+        let bpe = DataConfig {
+            path: Some(path.clone()),
+            tokenizer: TokenizerKind::Bpe,
+            max_vocab_size: 300,
+            splits: vec![0.8, 0.1, 0.1],
+            batch_size: 2,
+            seq_len: 4,
+            ..DataConfig::default()
+        };
+        prepare(&bpe, &out).unwrap();
+        assert!(out.join(HfTokenizer::FILE).exists() && out.join("test.bin").exists());
+        let word = DataConfig {
+            tokenizer: TokenizerKind::Word,
+            splits: vec![0.9, 0.1],
+            ..bpe.clone()
+        };
+        prepare(&word, &out).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "train.bin",
+                "train.json",
+                "valid.bin",
+                "valid.json",
+                "vocab.json"
+            ]
+        );
+        let config = DataConfig {
+            prepared: Some(out.clone()),
+            ..word.clone()
+        };
+        assert!(PreparedData::open(&config).is_ok());
+
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), "mine").unwrap();
+        let msg = prepare(&word, &other).unwrap_err().to_string();
+        assert!(
+            msg.contains("notes.txt") && msg.contains("prepare --out"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".prepare"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -63,6 +63,10 @@ pub struct TokenFileHeader {
     /// (`tokenizer.json`); absent for the rule-based tokenizers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer_file: Option<String>,
+    /// The `data.max_vocab_size` the vocabulary was built or trained with (absent for a loaded
+    /// `tokenizer_file`, and in files written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vocab_size: Option<usize>,
 }
 
 /// The header path of a token file: `train.bin` -> `train.json`.
@@ -81,6 +85,7 @@ pub struct TokenFileWriter {
     tokens: u64,
     tokenizer: String,
     tokenizer_file: Option<String>,
+    max_vocab_size: Option<usize>,
 }
 
 impl TokenFileWriter {
@@ -113,12 +118,19 @@ impl TokenFileWriter {
             tokens: 0,
             tokenizer: tokenizer.to_string(),
             tokenizer_file: None,
+            max_vocab_size: None,
         })
     }
 
     /// Names the tokenizer file (beside the token file) in the header.
     pub fn with_tokenizer_file(mut self, file: &str) -> Self {
         self.tokenizer_file = Some(file.to_string());
+        self
+    }
+
+    /// Records in the header the `data.max_vocab_size` the vocabulary was made with.
+    pub fn with_max_vocab_size(mut self, max_vocab_size: usize) -> Self {
+        self.max_vocab_size = Some(max_vocab_size);
         self
     }
 
@@ -177,6 +189,7 @@ impl TokenFileWriter {
             tokens: self.tokens,
             tokenizer: self.tokenizer.clone(),
             tokenizer_file: self.tokenizer_file.clone(),
+            max_vocab_size: self.max_vocab_size,
         };
         self.tmp
             .persist(&self.path)

@@ -1,6 +1,7 @@
-//! The matmul ceiling of `cargo xtask bench train`: the float32 GFLOP/s libtorch reaches on the
-//! seed model's largest product, the output projection `[B*T, H] x [H, V]`, at a given thread
-//! count; prints one JSON line.
+//! The matmul ceiling of `cargo xtask bench train`: the GFLOP/s libtorch reaches on the seed
+//! model's largest product, the output projection `[B*T, H] x [H, V]`, at a given thread count,
+//! in float32 or bfloat16 (`--dtype`: the dtype a `precision = "bf16"` run's matmuls take under
+//! autocast); prints one JSON line.
 //!
 //! Two layouts are timed: `x.mm(w)` with `w [H, V]` contiguous, and `x.matmul(weightᵀ)` with
 //! `weight [V, H]` as `nn.Linear` stores it; the ceiling is the faster one's median. Both write
@@ -11,6 +12,7 @@
 //! ```text
 //! cargo run --release -p perplex-losses --example matmul_ceiling -- \
 //!     [--m 2240] [--k 512] [--n 10001] [--threads N] [--device cpu|cuda] [--seconds 1.0]
+//!     [--dtype f32|bf16]
 //! ```
 use std::time::Instant;
 
@@ -46,6 +48,7 @@ fn main() {
     let mut threads = 0i32;
     let mut device = Device::Cpu;
     let mut budget_s = 1.0f64;
+    let mut kind = Kind::Float;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().unwrap_or_else(|| {
@@ -62,6 +65,13 @@ fn main() {
             "--n" => n = v.parse().unwrap_or_else(|e| bad(&e)),
             "--threads" => threads = v.parse().unwrap_or_else(|e| bad(&e)),
             "--seconds" => budget_s = v.parse().unwrap_or_else(|e| bad(&e)),
+            "--dtype" => {
+                kind = match v.as_str() {
+                    "f32" => Kind::Float,
+                    "bf16" => Kind::BFloat16,
+                    _ => bad(&"expected f32 or bf16"),
+                }
+            }
             "--device" => {
                 device = match v.as_str() {
                     "cpu" => Device::Cpu,
@@ -84,7 +94,7 @@ fn main() {
             std::process::exit(3);
         }
     }
-    let opts = (Kind::Float, device);
+    let opts = (kind, device);
     let x = Tensor::randn([m, k], opts);
     let w = Tensor::randn([k, n], opts);
     let weight = Tensor::randn([n, k], opts);
@@ -96,6 +106,7 @@ fn main() {
     let report = serde_json::json!({
         "m": m, "k": k, "n": n,
         "device": format!("{device:?}"),
+        "dtype": if kind == Kind::BFloat16 { "bf16" } else { "f32" },
         "threads": tch::get_num_threads(),
         "gflop": flop / 1e9,
         "mm_median_gflop_per_s": gf(mm_med),

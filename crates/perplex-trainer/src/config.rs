@@ -392,7 +392,8 @@ impl RunConfig {
                 "data.batch_size",
                 batch,
                 format!(
-                    "a multiple of the world size {world_size} (the global batch is shared                      out in equal rows)"
+                    "a multiple of the world size {world_size} (the global batch is shared \
+                    out in equal rows)"
                 ),
             ));
         }
@@ -401,7 +402,8 @@ impl RunConfig {
                 "data.batch_size",
                 batch,
                 format!(
-                    "each of the {world_size} processes' {} rows to be a multiple of                      trainer.accumulate = {accumulate}",
+                    "each of the {world_size} processes' {} rows to be a multiple of \
+                    trainer.accumulate = {accumulate}",
                     batch / world_size
                 ),
             ));

@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 use crate::TrainerError;
 
 /// The best GFLOP/s of a `[1024, 1024] × [1024, 1024]` product of `kind` (float32; float64 for
-/// a `precision = "f64"` run, whose matmuls are float64) (`mm_out` into a preallocated output,
+/// a `precision = "f64"` run, bfloat16 for a `"bf16"` one: the dtype its matmuls run in) (`mm_out` into a preallocated output,
 /// so no allocation is timed) on `device`, over 5 timed repetitions after 2 warm-up ones (about
 /// 0.1 s on a 2-core CPU in float32). A bound for dense work of that dtype at the current
 /// thread count, not the vendor's peak.
@@ -55,7 +55,7 @@ pub struct Utilisation {
 
 impl Utilisation {
     /// From the model's FLOPs per token and a throughput in tokens/s (measures the ceiling in
-    /// `kind`, the parameters' dtype).
+    /// `kind`, the dtype of the model's matmuls: `Precision::matmul_kind`).
     pub fn measure(
         flops_per_token: Option<f64>,
         tokens_per_sec: f64,

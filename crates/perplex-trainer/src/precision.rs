@@ -40,6 +40,16 @@ impl Precision {
         }
     }
 
+    /// The dtype the model's matmuls run in: `BFloat16` for `Bf16` (autocast), else
+    /// [`Precision::parameter_kind`]. The dtype of the matmul ceiling that model FLOP
+    /// utilisation is measured against.
+    pub fn matmul_kind(self) -> Kind {
+        match self {
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::F32 | Precision::F64 => self.parameter_kind(),
+        }
+    }
+
     /// Casts the floating-point variables of `vs` (a freshly built model) to
     /// [`Precision::parameter_kind`]: float64 for `F64`, nothing for the others. Call it before
     /// building the optimiser (its state is made like the parameters) and before loading weights.

@@ -455,14 +455,16 @@ fn run_pytorch(
     })
 }
 
-/// The matmul ceiling (GFLOP/s) at `[m, k] x [k, n]`.
+/// The matmul ceiling (GFLOP/s) at `[m, k] x [k, n]`, in the bench's precision (a bf16 run's
+/// matmuls are bfloat16 under autocast, so its ceiling is bfloat16's).
 fn ceiling(bin: &Path, shape: (f64, f64, f64), p: &Plan, torch: &Option<Torch>) -> Result<Value> {
     let mut cmd = super::example_command(bin, torch, &p.device);
     cmd.args(["--m", &shape.0.to_string()])
         .args(["--k", &shape.1.to_string()])
         .args(["--n", &shape.2.to_string()])
         .args(["--threads", &p.threads.to_string()])
-        .args(["--device", &p.device]);
+        .args(["--device", &p.device])
+        .args(["--dtype", p.precision.name()]);
     let out = child::run(&mut cmd, Duration::from_secs(120), None)?;
     let v = out
         .lines

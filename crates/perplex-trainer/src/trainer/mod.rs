@@ -923,7 +923,7 @@ impl Trainer {
                 self.model.flops_per_token(),
                 tokens_per_sec,
                 self.device,
-                self.config.precision.parameter_kind(),
+                self.config.precision.matmul_kind(),
             );
             tracing::info!(
                 tokens_per_sec = format!("{tokens_per_sec:.0}"),
