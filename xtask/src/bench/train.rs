@@ -736,6 +736,7 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
         "flop_source": "perplex summary.json utilisation.model_flops_per_token (LanguageModel::flops_per_token) x tokens per step",
         "ceiling": {
             "shape": [ceiling_shape.0, ceiling_shape.1, ceiling_shape.2],
+            "dtype": p.precision.name(),
             "before": ceiling_before,
             "after": ceiling_after,
             "gflop_per_s": ceil,
@@ -747,9 +748,9 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
     let path = super::write_results("train", unix, &result, a.json.as_deref())?;
     println!();
     println!(
-        "bench train: {} | {} thread(s) | load {:.2} -> {:.2} (1-min avg) | matmul ceiling {:.1} GFLOP/s ([{}x{}]x[{}x{}] f32)",
+        "bench train: {} | {} thread(s) | load {:.2} -> {:.2} (1-min avg) | matmul ceiling {:.1} GFLOP/s ([{}x{}]x[{}x{}] {})",
         p.device, p.threads, load_start[0], load_end[0], ceil,
-        ceiling_shape.0, ceiling_shape.1, ceiling_shape.1, ceiling_shape.2
+        ceiling_shape.0, ceiling_shape.1, ceiling_shape.1, ceiling_shape.2, p.precision.name()
     );
     println!(
         "model {:?}, precision {} on both sides",
