@@ -77,11 +77,33 @@ fn main() -> ExitCode {
         Err(e) => {
             // A libtorch message anywhere in the chain keeps its first lines, not the C++
             // backtrace libtorch appends.
-            let message = format!("{e:#}");
+            let message = error_chain(&e);
             eprintln!("error: {}", perplex_data::error::torch_message(&message));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `outer: inner`, as anyhow's `{:#}` but leaving out a cause whose
+/// text the message already holds (an error that names its source in its own words); I/O
+/// errors are told without the OS error number.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        // An I/O error in words, as the errors that wrap it tell it.
+        let text = match cause.downcast_ref::<std::io::Error>() {
+            Some(io) => perplex_data::error::io_reason(io),
+            None => cause.to_string(),
+        };
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -72,10 +72,17 @@ pub fn run(args: PlotArgs) -> anyhow::Result<()> {
     .unwrap_or("token");
     let files = figure(&log, &name, unit).save(&out.join(STEM))?;
     println!(
-        "{} train points, {} validation points, {} learning-rates from {}",
-        log.train_loss.len().max(log.epoch_train_loss.len()),
-        log.valid_loss.len(),
-        log.lr.len(),
+        "{} from {}",
+        [
+            (
+                log.train_loss.len().max(log.epoch_train_loss.len()),
+                "train point"
+            ),
+            (log.valid_loss.len(), "validation point"),
+            (log.lr.len(), "learning-rate point"),
+        ]
+        .map(|(n, what)| format!("{n} {what}{}", if n == 1 { "" } else { "s" }))
+        .join(", "),
         metrics.display()
     );
     for f in files {

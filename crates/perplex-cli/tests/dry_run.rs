@@ -38,6 +38,9 @@ fn dry_run_rejects_what_train_rejects() {
     for bad in [
         "trainer.accumulate=3",
         "data.splits=[0.5, 0.9]",
+        // Short of 1: the last split would silently take the rest (0.5 for valid, not 0.2).
+        "data.splits=[0.5, 0.2]",
+        "data.splits=[0.5, 0.2, 0.1]",
         "loss.label_smoothing=1.5",
         "loss.reduction=none",
     ] {

@@ -181,6 +181,8 @@ fn a_resume_that_cannot_continue_changes_no_file_and_a_finished_run_says_so() {
             "\"char\"",
             "\"word\"",
         ),
+        // Adam's moments cannot become SGD's momentum buffers.
+        ("optim.type=sgd", "optim.type", "\"adam\"", "\"sgd\""),
     ] {
         let out = perplex()
             .args(["train", "--resume"])
@@ -428,4 +430,52 @@ fn per_token_output_goes_through_links_and_never_over_run_files_or_devices() {
         .unwrap()
         .file_type()
         .is_char_device());
+}
+
+#[test]
+fn a_run_stopped_before_its_first_checkpoint_says_how_to_train_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path();
+    // A NaN loss at step 2 stops the run (trainer.on_non_finite = "stop") before any checkpoint.
+    let out = perplex()
+        .arg("train")
+        .args(args(runs, "r", 12, &[]))
+        .env("PERPLEX_TEST_NAN_AT_STEP", "2:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the NaN did not stop the run");
+    let run = runs.join("r");
+    assert!(run.join("config.toml").is_file());
+    assert!(!run.join("checkpoints").join("step-1").exists());
+    let before = snapshot(&run);
+    // Neither a new run under the name nor a resume: each says why and what to do.
+    for command in [
+        vec!["train".to_string()],
+        vec!["train".into(), "--resume".into(), run.display().to_string()],
+    ] {
+        let mut cmd = perplex();
+        cmd.args(&command);
+        if command.len() == 1 {
+            cmd.args(args(runs, "r", 12, &[]));
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command:?}");
+        assert!(
+            stderr.contains("stopped before its first checkpoint")
+                && stderr.contains(&format!("rm -r {}", run.display())),
+            "{command:?}: {stderr}"
+        );
+        assert!(
+            snapshot(&run) == before,
+            "{command:?}: the run directory changed"
+        );
+    }
+    // Following the advice trains it again.
+    std::fs::remove_dir_all(&run).unwrap();
+    ok(&perplex()
+        .arg("train")
+        .args(args(runs, "r", 3, &[]))
+        .output()
+        .unwrap());
 }

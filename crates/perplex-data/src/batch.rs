@@ -162,8 +162,11 @@ pub(crate) fn bptt_layout(
             split: split.to_string(),
             tokens,
             needed: batch_size * needed_columns,
-            batch_size,
-            seq_len,
+            rule: if drop_last {
+                format!("batch_size {batch_size} x (seq_len {seq_len} + 1)")
+            } else {
+                format!("batch_size {batch_size} x 2")
+            },
         });
     }
     let steps = columns - 1;

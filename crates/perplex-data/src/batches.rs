@@ -186,8 +186,7 @@ impl RandomWindows {
                 split: split.to_string(),
                 tokens,
                 needed: seq_len + 1,
-                batch_size,
-                seq_len,
+                rule: format!("seq_len {seq_len} + 1: one window"),
             });
         }
         let batches = (tokens / (batch_size * seq_len)).max(1);

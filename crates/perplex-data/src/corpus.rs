@@ -93,7 +93,8 @@ pub struct DataConfig {
     /// Test split file. Default none.
     pub test: Option<PathBuf>,
     /// Fractions of the token stream for train/valid(/test), in order: 2 or 3 numbers summing to
-    /// at most 1. Default `[0.9, 0.1]`.
+    /// 1; the first is cut at `int(f · n)` as nanoGPT's `prepare.py` does and the last split is
+    /// the rest. Default `[0.9, 0.1]`.
     pub splits: Vec<f64>,
     /// `word`, `char`, `whitespace` or `bpe`. Default `word`.
     pub tokenizer: TokenizerKind,
@@ -157,12 +158,13 @@ impl DataConfig {
         };
         if !(2..=3).contains(&self.splits.len())
             || self.splits.iter().any(|f| !(*f > 0.0 && *f < 1.0))
-            || self.splits.iter().sum::<f64>() > 1.0 + 1e-9
+            || (self.splits.iter().sum::<f64>() - 1.0).abs() > 1e-9
         {
             return bad(
                 "splits",
                 format!("{:?}", self.splits),
-                "2 or 3 fractions in (0, 1) summing to at most 1, e.g. [0.9, 0.1]",
+                "2 or 3 fractions in (0, 1) summing to 1 (the last split is the rest of the \
+                 stream), e.g. [0.9, 0.1] or [0.8, 0.1, 0.1]",
             );
         }
         if self.batch_size == 0 {
@@ -508,6 +510,15 @@ type Part<'a> = (&'a Path, &'a str);
 /// tokens trained on `train_text`.
 fn hf_tokenizer(config: &DataConfig, train_text: &str) -> Result<HfTokenizer, DataError> {
     if let Some(file) = &config.tokenizer_file {
+        if !file.is_file() {
+            return Err(DataError::InvalidConfig {
+                key: "tokenizer_file",
+                value: file.display().to_string(),
+                expected: "a Hugging Face tokenizer.json file (there is no such file; a relative \
+                           path is read from the current directory)"
+                    .into(),
+            });
+        }
         let hf = HfTokenizer::from_file(file)?;
         tracing::info!(file = %file.display(), vocab = hf.vocab_size(), "tokenizer loaded");
         return Ok(hf);

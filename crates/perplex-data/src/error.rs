@@ -5,13 +5,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The file does not exist.
-    #[error("corpus file {path} does not exist")]
+    #[error("{path} does not exist")]
     NotFound {
         /// The path that was looked for.
         path: PathBuf,
     },
     /// The file exists but could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}: {}", io_reason(.source))]
     Io {
         /// The file.
         path: PathBuf,
@@ -33,10 +33,7 @@ pub enum DataError {
         path: PathBuf,
     },
     /// A split is too small to give even one batch.
-    #[error(
-        "the {split} split has {tokens} tokens but needs at least {needed} \
-         (batch_size {batch_size} x (seq_len {seq_len} + 1)) to give one batch"
-    )]
+    #[error("the {split} split has {tokens} tokens but needs at least {needed} ({rule}) to give one batch")]
     SplitTooSmall {
         /// `train`, `valid` or `test`.
         split: String,
@@ -44,10 +41,9 @@ pub enum DataError {
         tokens: usize,
         /// Tokens needed for one batch.
         needed: usize,
-        /// The configured batch size.
-        batch_size: usize,
-        /// The configured BPTT length.
-        seq_len: usize,
+        /// How `needed` follows from the configuration, e.g.
+        /// `batch_size 12 x (seq_len 64 + 1)` or `seq_len 64 + 1, one window`.
+        rule: String,
     },
     /// A configuration value is out of its range.
     #[error("invalid data config: {key} = {value}: {expected}")]

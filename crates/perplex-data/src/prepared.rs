@@ -301,7 +301,8 @@ fn check_output_dir(out: &Path) -> Result<bool, DataError> {
                 key: "prepare --out",
                 value: out.display().to_string(),
                 expected: format!(
-                    "a new or empty directory, or one that holds only token files of an earlier                      prepare (it holds {})",
+                    "a new or empty directory, or one that holds only token files of an earlier \
+                     prepare (it holds {})",
                     Path::new(&name).display()
                 ),
             });
@@ -366,8 +367,7 @@ impl SplitWriters {
                 split: Self::NAMES[i].into(),
                 tokens: 0,
                 needed: config.seq_len + 1,
-                batch_size: config.batch_size,
-                seq_len: config.seq_len,
+                rule: format!("seq_len {} + 1: one window", config.seq_len),
             });
         }
         let mut tokens = [0u64; 3];
@@ -759,11 +759,30 @@ impl PreparedData {
     /// another `data.max_vocab_size` than the config's is used with a warning (the vocabulary is
     /// the files').
     pub fn open(config: &DataConfig) -> Result<Self, DataError> {
+        Self::open_with(config, true)
+    }
+
+    /// [`PreparedData::open`]; `warn_max_vocab_size = false` leaves out the warning about a
+    /// `data.max_vocab_size` other than the files' (a run that is resumed or evaluated was
+    /// warned when it started, and its own vocabulary is compared with the files' after).
+    pub(crate) fn open_with(
+        config: &DataConfig,
+        warn_max_vocab_size: bool,
+    ) -> Result<Self, DataError> {
         let dir = config.prepared.as_deref().ok_or(DataError::InvalidConfig {
             key: "prepared",
             value: "(unset)".into(),
             expected: "the directory `perplex data prepare` wrote".into(),
         })?;
+        if !dir.is_dir() {
+            return Err(DataError::InvalidConfig {
+                key: "prepared",
+                value: dir.display().to_string(),
+                expected: "the directory `perplex data prepare` wrote (there is no such \
+                           directory; a relative path is read from the current directory)"
+                    .into(),
+            });
+        }
         let vocab = Vocabulary::load(&dir.join("vocab.json"))?;
         if config.tokenizer == TokenizerKind::Bpe && vocab.hf_tokenizer().is_none() {
             return Err(DataError::InvalidVocabulary {
@@ -784,14 +803,24 @@ impl PreparedData {
                     path: m.path().to_path_buf(),
                     message: format!(
                         "made by the `{}` tokenizer for {} tokens, but data.tokenizer is `{name}` \
-                         and vocab.json has {} tokens: prepare the corpus again",
+                         and vocab.json has {} tokens: {}",
                         h.tokenizer,
                         h.vocab_size,
-                        vocab.len()
+                        vocab.len(),
+                        if h.tokenizer != name && h.vocab_size == vocab.len() {
+                            format!(
+                                "set data.tokenizer = \"{}\" to train from these files, or \
+                                 prepare the corpus again with `{name}`",
+                                h.tokenizer
+                            )
+                        } else {
+                            "prepare the corpus again".to_string()
+                        }
                     ),
                 });
             }
-            if let Some(warning) = unused_max_vocab_size(&m, config) {
+            if let Some(warning) = unused_max_vocab_size(&m, config).filter(|_| warn_max_vocab_size)
+            {
                 tracing::warn!("{warning}");
             }
             Ok(Arc::new(m))

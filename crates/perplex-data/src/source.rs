@@ -79,7 +79,7 @@ pub fn open_source(
     if config.prepared.is_none() {
         return Ok(Box::new(LmData::load_with_vocab(config, vocab)?));
     }
-    let data = crate::PreparedData::open(config)?;
+    let data = crate::PreparedData::open_with(config, vocab.is_none())?;
     if let Some(v) = vocab.filter(|v| *v != data.vocab) {
         let dir = config
             .prepared

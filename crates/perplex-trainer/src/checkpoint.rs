@@ -228,10 +228,22 @@ pub fn resolve(spec: &str, run_root: &Path) -> Result<PathBuf, TrainerError> {
         return Ok(p);
     }
     list(&p).pop().map(|(_, d)| d).ok_or_else(|| {
-        not_found(
-            &p,
-            "neither a checkpoint (no manifest.json) nor a run directory with checkpoints",
-        )
+        if p.join(files::CONFIG).is_file() {
+            not_found(
+                &p,
+                &format!(
+                    "this run stopped before its first checkpoint, so there is nothing to \
+                     resume: train it again as a new run after removing the directory \
+                     (`rm -r {}`), or under another trainer.run_name",
+                    p.display()
+                ),
+            )
+        } else {
+            not_found(
+                &p,
+                "neither a checkpoint (no manifest.json) nor a run directory with checkpoints",
+            )
+        }
     })
 }
 

@@ -359,8 +359,15 @@ impl de::Error for DeError {
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        // The accepted names are in the text too: across `typetag`'s erasure only the text
+        // survives (a model's `positions`, say).
+        let names = expected
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         DeError {
-            message: format!("unknown variant `{variant}`"),
+            message: format!("unknown variant `{variant}`; expected one of {names}"),
             unknown: Some((variant.to_string(), expected)),
         }
     }

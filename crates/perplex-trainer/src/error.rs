@@ -12,6 +12,15 @@ pub enum TrainerError {
         /// What is wrong.
         message: String,
     },
+    /// An option given to a command (not read from a run config) is out of its range:
+    /// generation's temperature, top-p or banned ids.
+    #[error("invalid {option}: {message}")]
+    InvalidOption {
+        /// The option.
+        option: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
     /// A device that is not available or not understood.
     #[error("device `{device}`: {message}")]
     Device {
@@ -70,7 +79,7 @@ pub enum TrainerError {
         hint: String,
     },
     /// Writing or reading run files failed.
-    #[error("cannot write or read {path}: {message}")]
+    #[error("{path}: {message}")]
     Io {
         /// The file.
         path: PathBuf,

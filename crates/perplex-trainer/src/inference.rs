@@ -3,7 +3,8 @@
 //! A run directory holds `config.toml`, `vocab.json` (with `tokenizer.json` for
 //! `tokenizer = "bpe"`) and `model.safetensors`; a checkpoint directory
 //! (`RUN/checkpoints/<name>/`) holds its own `model.safetensors` and shares the run's config,
-//! vocabulary and tokenizer, which [`LoadedModel::load`] finds up to two levels above it.
+//! vocabulary and tokenizer, which [`LoadedModel::load`] finds two levels above it (only
+//! there: another directory never borrows its parents' files).
 use std::path::{Path, PathBuf};
 
 use tch::{nn, Device, Kind, Tensor};
@@ -532,23 +533,28 @@ fn names<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
-/// `dir/name`, or the same name in one of the `MAX_LEVELS_UP` directories above `dir`.
+/// `dir/name`, or, when `dir` is a checkpoint directory (`RUN/checkpoints/<name>/`), the run's
+/// `RUN/name`, `MAX_LEVELS_UP` above it. Any other directory is not searched above: a run
+/// directory that lacks the file must not pick up an unrelated one from its parents.
 fn find_upwards(dir: &Path, name: &str) -> Result<PathBuf, TrainerError> {
     let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut tried = Vec::new();
-    for ancestor in absolute.ancestors().take(MAX_LEVELS_UP + 1) {
-        let candidate = ancestor.join(name);
-        if candidate.is_file() {
-            return Ok(candidate);
+    let in_checkpoints = absolute
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == crate::checkpoint::CHECKPOINTS);
+    let mut candidates = vec![absolute.join(name)];
+    if in_checkpoints {
+        if let Some(run) = absolute.ancestors().nth(MAX_LEVELS_UP) {
+            candidates.push(run.join(name));
         }
-        tried.push(candidate.display().to_string());
     }
+    if let Some(found) = candidates.iter().find(|c| c.is_file()) {
+        return Ok(found.clone());
+    }
+    let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
     Err(TrainerError::Io {
         path: dir.join(name),
-        message: format!(
-            "file not found in the directory or the {MAX_LEVELS_UP} above it (tried {})",
-            tried.join(", ")
-        ),
+        message: format!("file not found (tried {})", tried.join(", ")),
     })
 }
 
@@ -659,6 +665,23 @@ mod tests {
         let loaded = LoadedModel::load(&ckpt, Device::Cpu).unwrap();
         assert_eq!(loaded.vocab, m.vocab);
         assert_eq!(loaded.weights, ckpt.join(WEIGHTS));
+    }
+
+    /// A directory that is not a checkpoint's does not borrow a parent's `config.toml`: a run
+    /// directory missing its own is an error naming the file, not another run's config.
+    #[test]
+    fn a_run_directory_without_its_config_does_not_use_a_parents() {
+        let (dir, m) = tiny_run(TEXT);
+        let inner = dir.path().join("other-run");
+        std::fs::create_dir_all(&inner).unwrap();
+        m.vs.save(inner.join(WEIGHTS)).unwrap();
+        let e = LoadedModel::load(&inner, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&inner.join(CONFIG).display().to_string()) && e.contains("not found"),
+            "{e}"
+        );
     }
 
     /// A separate output head saved beside the model's variables (a model trained with

@@ -51,6 +51,24 @@ pub struct Interrupt {
     received: Arc<AtomicUsize>,
 }
 
+/// What the handler writes to stderr on the first and on a second signal (fixed texts: a
+/// signal handler may not format or allocate).
+fn notices(signal: Signal) -> (&'static [u8], &'static [u8]) {
+    match signal {
+        Signal::Int => (
+            b"\nSIGINT: stopping after the current step (or validation) with a checkpoint; \
+              press Ctrl-C again to stop at once without one\n",
+            b"\nSIGINT again: stopped at once, without a checkpoint for the steps since the \
+              last one\n",
+        ),
+        Signal::Term => (
+            b"\nSIGTERM: stopping after the current step (or validation) with a checkpoint\n",
+            b"\nSIGTERM again: stopped at once, without a checkpoint for the steps since the \
+              last one\n",
+        ),
+    }
+}
+
 impl Interrupt {
     /// Installs the handlers for SIGINT and SIGTERM in this process (once per process is
     /// enough; further calls add handlers that share nothing with the first).
@@ -66,7 +84,23 @@ impl Interrupt {
                 source_name: signal.name().into(),
                 message: format!("cannot install the signal handler: {e}"),
             };
-            // Order matters: the shutdown runs first, so only a second signal ends the process.
+            // Order matters: the notice and the shutdown run first, so only a second signal
+            // ends the process.
+            let notice_armed = Arc::clone(&armed);
+            let (first, second) = notices(signal);
+            // SAFETY: the action only loads an atomic and calls write(2), both
+            // async-signal-safe; it allocates nothing and takes no lock.
+            unsafe {
+                signal_hook::low_level::register(n, move || {
+                    let text = if notice_armed.load(Ordering::SeqCst) {
+                        second
+                    } else {
+                        first
+                    };
+                    let _ = libc::write(2, text.as_ptr().cast(), text.len());
+                })
+            }
+            .map_err(err)?;
             signal_hook::flag::register_conditional_shutdown(
                 n,
                 i32::from(signal.exit_code()),

@@ -159,8 +159,8 @@ impl SplitMix64 {
 }
 
 fn check(o: &SamplingOptions, vocab_size: i64) -> Result<(), TrainerError> {
-    let bad = |option: &str, message: String| TrainerError::Config {
-        source_name: option.into(),
+    let bad = |option: &str, message: String| TrainerError::InvalidOption {
+        option: option.into(),
         message,
     };
     if o.temperature.is_nan() || o.temperature < 0.0 || o.temperature.is_infinite() {

@@ -236,14 +236,26 @@ impl Trainer {
         }
         if dir.join(files::CONFIG).exists() {
             // Never train a new run into an old one's directory (mixed checkpoints and metrics).
-            return Err(TrainerError::Config {
-                source_name: "trainer.run_name".into(),
-                message: format!(
+            let message = if crate::checkpoint::list(&dir).is_empty() {
+                // Its files (metrics, log) may tell why it stopped: not removed for the user.
+                format!(
+                    "{} holds a run that stopped before its first checkpoint (nothing to \
+                     resume): remove it (`rm -r {}`) to train it again under this name, or \
+                     choose another trainer.run_name",
+                    dir.display(),
+                    dir.display()
+                )
+            } else {
+                format!(
                     "{} already holds a run: continue it with `perplex train --resume {}`, or \
                      choose another trainer.run_name",
                     dir.display(),
                     dir.display()
-                ),
+                )
+            };
+            return Err(TrainerError::Config {
+                source_name: "trainer.run_name".into(),
+                message,
             });
         }
         let trainer = Self::build(config, dir, None, strategy.local_rank())?;

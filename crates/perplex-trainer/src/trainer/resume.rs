@@ -216,8 +216,10 @@ fn check_world_size(
 }
 
 /// Refuses a resume whose config changes what a checkpoint fixes: the model (every `model` key),
-/// the parameters' dtype (`trainer.precision` to or from `f64`), the tokenizer, and in mid-epoch the batch shape (the saved hidden state and window position
-/// depend on it). The error names each key with both values.
+/// the optimiser's type (its saved state is that type's), the parameters' dtype
+/// (`trainer.precision` to or from `f64`), the tokenizer, and in mid-epoch the batch shape (the
+/// saved hidden state and window position depend on it). The error names each key with both
+/// values.
 fn check_resumable(
     saved: &RunConfig,
     config: &RunConfig,
@@ -269,6 +271,14 @@ fn check_resumable(
         &table(&config.data, run)?,
         Some(data_keys),
     );
+    // The optimiser's state (moments, momentum buffers) is its type's own: another type cannot
+    // read it. Its options (lr, weight decay, ...) may change.
+    compare(
+        "optim",
+        &table(&saved.optim, run)?,
+        &table(&config.optim, run)?,
+        Some(&["type"]),
+    );
     // bf16 autocast keeps float32 parameters, so only a switch to or from f64 changes the
     // dtype of what the checkpoint holds.
     let (was, asks) = (saved.trainer.precision, config.trainer.precision);
@@ -287,7 +297,7 @@ fn check_resumable(
         source_name: format!("--resume {}", run.display()),
         message: format!(
             "cannot continue this run with a different {}: {} (a checkpoint fixes the model, \
-             its dtype and the tokenizer{}; nothing was changed: start a new run to change them)",
+             its dtype, the optimiser's type and the tokenizer{}; nothing was changed: start a new run to change them)",
             if differences.len() == 1 {
                 "setting"
             } else {
