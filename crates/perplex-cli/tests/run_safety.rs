@@ -78,6 +78,23 @@ fn train_losses(run: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// `(epoch, step, loss bits)` of each `epoch` record in `metrics.jsonl`.
+fn epoch_records(run: &Path) -> Vec<(u64, u64, u64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "epoch")
+        .map(|r| {
+            (
+                r["epoch"].as_u64().unwrap(),
+                r["step"].as_u64().unwrap(),
+                r["loss"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn sigint_and_sigterm_checkpoint_exit_130_143_and_the_resume_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,6 +140,11 @@ fn sigint_and_sigterm_checkpoint_exit_130_143_and_the_resume_continues_exactly()
             stderr.contains(&format!("interrupted by SIG{signal}")),
             "{stderr}"
         );
+        // Said at once, before the step and the checkpoint finish.
+        assert!(
+            stderr.contains(&format!("SIG{signal}: stopping after the current step")),
+            "{stderr}"
+        );
         let summary: serde_json::Value =
             serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
         let stopped = summary["steps"].as_u64().unwrap();
@@ -143,6 +165,13 @@ fn sigint_and_sigterm_checkpoint_exit_130_143_and_the_resume_continues_exactly()
             .unwrap());
         let resumed = train_losses(&run);
         assert_eq!(resumed.len(), straight.len(), "SIG{signal}: {resumed:?}");
+        // The interrupted epoch's partial record is replaced by the resumed run's: the same
+        // epoch records as the uninterrupted run (the epoch's loss sum is in the checkpoint).
+        assert_eq!(
+            epoch_records(&run),
+            epoch_records(&runs.join("straight")),
+            "SIG{signal}: epoch records"
+        );
         for ((sa, la), (sb, lb)) in straight.iter().zip(&resumed) {
             assert_eq!(
                 (sa, la.to_bits()),

@@ -251,19 +251,35 @@ fn existing_metric_columns(csv: &Path, record: &serde_json::Value) -> Vec<String
 
 /// Drops the records of `metrics.jsonl` and the rows of `metrics.csv` in `run` whose step is
 /// after `step` (a resume from the checkpoint at `step` writes them again), each file rewritten
-/// atomically. Records without a step are kept.
+/// atomically. Records without a step are kept. With `partial_epoch` (a checkpoint written
+/// mid-epoch, by an interrupt), that epoch's `epoch` record is dropped too: it averaged only the
+/// steps before the interruption, and the resumed run writes the epoch's whole record.
 ///
 /// # Errors
 /// [`TrainerError::Io`] naming the file.
-pub fn truncate_metrics(run: &Path, step: u64) -> Result<(), TrainerError> {
-    let keep = |s: Option<u64>| s.is_none_or(|s| s <= step);
+pub fn truncate_metrics(
+    run: &Path,
+    step: u64,
+    partial_epoch: Option<u64>,
+) -> Result<(), TrainerError> {
+    let keep_step = |s: Option<u64>| s.is_none_or(|s| s <= step);
+    let keep = |kind: Option<&str>, epoch: Option<u64>, s: Option<u64>| {
+        keep_step(s)
+            && !(kind == Some("epoch") && partial_epoch.is_some() && epoch == partial_epoch)
+    };
     let jsonl = run.join(files::METRICS);
     if let Ok(text) = std::fs::read_to_string(&jsonl) {
         let kept: String = text
             .lines()
             .filter(|l| {
-                let record = serde_json::from_str::<serde_json::Value>(l).ok();
-                keep(record.and_then(|r| r.get("step").and_then(serde_json::Value::as_u64)))
+                let Ok(r) = serde_json::from_str::<serde_json::Value>(l) else {
+                    return true;
+                };
+                keep(
+                    r.get("kind").and_then(serde_json::Value::as_str),
+                    r.get("epoch").and_then(serde_json::Value::as_u64),
+                    r.get("step").and_then(serde_json::Value::as_u64),
+                )
             })
             .map(|l| format!("{l}\n"))
             .collect();
@@ -273,14 +289,25 @@ pub fn truncate_metrics(run: &Path, step: u64) -> Result<(), TrainerError> {
     }
     let csv = run.join(files::METRICS_CSV);
     if let Ok(text) = std::fs::read_to_string(&csv) {
-        let column = CSV_COLUMNS
-            .iter()
-            .position(|c| *c == "step")
-            .expect("a step column");
+        let column = |name: &str| {
+            CSV_COLUMNS
+                .iter()
+                .position(|c| *c == name)
+                .expect("a fixed column")
+        };
+        let (kind, epoch, step) = (column("kind"), column("epoch"), column("step"));
         let kept: String = text
             .lines()
             .enumerate()
-            .filter(|(i, l)| *i == 0 || keep(l.split(',').nth(column).and_then(|v| v.parse().ok())))
+            .filter(|(i, l)| {
+                let cells: Vec<&str> = l.split(',').collect();
+                *i == 0
+                    || keep(
+                        cells.get(kind).copied(),
+                        cells.get(epoch).and_then(|v| v.parse().ok()),
+                        cells.get(step).and_then(|v| v.parse().ok()),
+                    )
+            })
             .map(|(_, l)| format!("{l}\n"))
             .collect();
         if kept.len() != text.len() {

@@ -141,7 +141,8 @@ impl Trainer {
         }
         // Everything loaded: only now does the run directory change.
         trainer.write_run_files(false)?;
-        crate::callbacks::truncate_metrics(&run, trainer.pos.step)?;
+        let partial_epoch = (trainer.pos.window > 0).then_some(trainer.pos.epoch);
+        crate::callbacks::truncate_metrics(&run, trainer.pos.step, partial_epoch)?;
         tracing::info!(
             checkpoint = %ckpt.display(),
             step = trainer.pos.step,
