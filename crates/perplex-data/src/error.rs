@@ -42,7 +42,7 @@ pub enum DataError {
         /// Tokens needed for one batch.
         needed: usize,
         /// How `needed` follows from the configuration, e.g.
-        /// `batch_size 12 x (seq_len 64 + 1)` or `seq_len 64 + 1, one window`.
+        /// `batch_size 12 x (seq_len 64 + 1)` or `seq_len 64 + 1: one window`.
         rule: String,
     },
     /// A configuration value is out of its range.
