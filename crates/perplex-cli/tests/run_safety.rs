@@ -475,7 +475,16 @@ fn a_run_stopped_before_its_first_checkpoint_says_how_to_train_it_again() {
     assert!(!out.status.success(), "the NaN did not stop the run");
     let run = runs.join("r");
     assert!(run.join("config.toml").is_file());
-    assert!(!run.join("checkpoints").join("step-1").exists());
+    // No checkpoint at all (checkpoints are `checkpoints/step-NNNNNNNN/manifest.json`).
+    let checkpoints: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        checkpoints
+            .iter()
+            .all(|c| !c.join("manifest.json").exists()),
+        "a checkpoint was written: {checkpoints:?}"
+    );
     let before = snapshot(&run);
     // Neither a new run under the name nor a resume: each says why and what to do.
     for command in [

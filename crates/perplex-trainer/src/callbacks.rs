@@ -264,8 +264,7 @@ pub fn truncate_metrics(
 ) -> Result<(), TrainerError> {
     let keep_step = |s: Option<u64>| s.is_none_or(|s| s <= step);
     let keep = |kind: Option<&str>, epoch: Option<u64>, s: Option<u64>| {
-        keep_step(s)
-            && !(kind == Some("epoch") && partial_epoch.is_some() && epoch == partial_epoch)
+        keep_step(s) && !(kind == Some("epoch") && partial_epoch.is_some_and(|p| epoch == Some(p)))
     };
     let jsonl = run.join(files::METRICS);
     if let Ok(text) = std::fs::read_to_string(&jsonl) {

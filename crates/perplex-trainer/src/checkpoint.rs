@@ -229,15 +229,7 @@ pub fn resolve(spec: &str, run_root: &Path) -> Result<PathBuf, TrainerError> {
     }
     list(&p).pop().map(|(_, d)| d).ok_or_else(|| {
         if p.join(files::CONFIG).is_file() {
-            not_found(
-                &p,
-                &format!(
-                    "this run stopped before its first checkpoint, so there is nothing to \
-                     resume: train it again as a new run after removing the directory \
-                     (`rm -r {}`), or under another trainer.run_name",
-                    p.display()
-                ),
-            )
+            not_found(&p, &no_checkpoint_yet(&p))
         } else {
             not_found(
                 &p,
@@ -245,6 +237,17 @@ pub fn resolve(spec: &str, run_root: &Path) -> Result<PathBuf, TrainerError> {
             )
         }
     })
+}
+
+/// What to do with `run`, a run directory that stopped before its first checkpoint: nothing
+/// can be resumed, and it is not removed for the user (its metrics may tell why it stopped).
+/// Said by `--resume` on it and by a new run under its name alike.
+pub(crate) fn no_checkpoint_yet(run: &Path) -> String {
+    format!(
+        "this run stopped before its first checkpoint, so there is nothing to resume: remove \
+         it (`rm -r {}`) to train it again under this name, or choose another trainer.run_name",
+        run.display()
+    )
 }
 
 /// The run directory a checkpoint belongs to (`RUN/checkpoints/NAME` -> `RUN`).

@@ -237,13 +237,10 @@ impl Trainer {
         if dir.join(files::CONFIG).exists() {
             // Never train a new run into an old one's directory (mixed checkpoints and metrics).
             let message = if crate::checkpoint::list(&dir).is_empty() {
-                // Its files (metrics, log) may tell why it stopped: not removed for the user.
                 format!(
-                    "{} holds a run that stopped before its first checkpoint (nothing to \
-                     resume): remove it (`rm -r {}`) to train it again under this name, or \
-                     choose another trainer.run_name",
+                    "{}: {}",
                     dir.display(),
-                    dir.display()
+                    crate::checkpoint::no_checkpoint_yet(&dir)
                 )
             } else {
                 format!(
