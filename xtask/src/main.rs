@@ -142,6 +142,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             let python = ensure_py_tokenizers()?;
             std::env::set_var("PERPLEX_PYTHON", &python);
+            // Hugging Face `transformers` next to libtorch's torch (the HF golden tests).
+            let hf_python = ensure_py_hf(&torch)?;
+            std::env::set_var("PERPLEX_HF_PYTHON", &hf_python);
             let mut a: Vec<&str> = vec!["test", "--release", "--workspace"];
             if !args.is_empty() {
                 a.push("--");
@@ -321,6 +324,47 @@ fn ensure_py_tokenizers() -> Result<PathBuf> {
     if !ok || !has(&python) {
         bail!(
             "`{} -m pip install {PY_TOKENIZERS}` failed",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
+/// The pinned Python `transformers` the Hugging Face golden tests compare perplex's models with
+/// (installed next to the torch whose libtorch perplex links).
+const PY_TRANSFORMERS: &str = "transformers==5.23.0";
+
+/// The python of the torch venv (`Torch.python`; `python3` when torch is the user's, through
+/// `LIBTORCH_USE_PYTORCH`) with `transformers` installed into it once; returns that python.
+fn ensure_py_hf(torch: &Option<Torch>) -> Result<PathBuf> {
+    let python = torch
+        .as_ref()
+        .map(|t| t.python.clone())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let has = |python: &Path| {
+        Command::new(python)
+            .args([
+                "-c",
+                "import transformers; assert transformers.__version__ == '5.23.0'; import torch",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has(&python) {
+        return Ok(python);
+    }
+    eprintln!(
+        "xtask: installing Python's {PY_TRANSFORMERS} for {} ...",
+        python.display()
+    );
+    let ok = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", PY_TRANSFORMERS])
+        .status()
+        .context("running pip")?
+        .success();
+    if !ok || !has(&python) {
+        bail!(
+            "`{} -m pip install {PY_TRANSFORMERS}` failed",
             python.display()
         );
     }

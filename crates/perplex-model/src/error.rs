@@ -25,6 +25,15 @@ pub enum ModelError {
         /// What was expected.
         expected: String,
     },
+    /// A transformers directory (`init_from`, `--checkpoint`) cannot be used: its
+    /// `config.json`, index or weights, named with the key or tensor at fault.
+    #[error("{}: {message}", path.display())]
+    Pretrained {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the key or tensor.
+        message: String,
+    },
     /// libtorch refused an operation.
     #[error("libtorch error in the model: {}", perplex_data::error::tch_reason(.0))]
     Torch(#[from] tch::TchError),

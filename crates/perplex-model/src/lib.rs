@@ -13,7 +13,11 @@
 //! |-----------------|-------------------------|--------------------------------------------------|
 //! | `"gru"`         | [`GruLmConfig`]         | [`GruLm`]: `Embedding -> GRU -> Linear` (the seed model) |
 //! | `"lstm"`        | [`LstmLmConfig`]        | [`LstmLm`]: `Embedding -> LSTM -> Linear`        |
-//! | `"transformer"` | [`TransformerLmConfig`] | [`TransformerLm`]: GPT-style decoder, learned or rotary positions |
+//! | `"transformer"` | [`TransformerLmConfig`] | [`TransformerLm`]: GPT-style decoder, learned or rotary positions (GPT-2) |
+//! | `"llama"`       | [`LlamaLmConfig`]       | [`LlamaLm`]: Llama-family decoder (RMSNorm, SwiGLU, GQA, rotary; Qwen2, Mistral) |
+//!
+//! `[model] init_from = "DIR"` alone ([`PretrainedConfig`]) reads a transformers directory's
+//! `config.json` into one of these and its weights into the model ([`hf`]).
 //!
 //! Variables carry the PyTorch peers' state-dict names (`gru.weight_ih_l0`,
 //! `blocks.0.qkv.weight`, ...), so a `model.safetensors` reads like a PyTorch checkpoint.
@@ -55,16 +59,21 @@
 
 pub mod error;
 pub mod gru;
+pub mod hf;
+pub mod llama;
 pub mod lstm;
 pub mod model;
+pub mod pretrained;
 mod recurrent;
 mod rotary;
 pub mod transformer;
 
 pub use error::ModelError;
 pub use gru::{GruLm, GruLmConfig};
+pub use llama::{LlamaLm, LlamaLmConfig, RopeScaling};
 pub use lstm::{LstmLm, LstmLmConfig};
 pub use model::{
     BuildContext, Decoder, HiddenState, LanguageModel, ModelConfig, ModelOutput, OutputHead,
 };
-pub use transformer::{Positions, TransformerLm, TransformerLmConfig};
+pub use pretrained::PretrainedConfig;
+pub use transformer::{Activation, Positions, TransformerLm, TransformerLmConfig};

@@ -213,6 +213,28 @@ pub trait ModelConfig: Debug + Send + Sync {
         path: &nn::Path,
         context: &BuildContext,
     ) -> Result<Box<dyn LanguageModel>, ModelError>;
+
+    /// The transformers directory whose weights a new run starts from (`[model] init_from`),
+    /// read by [`crate::hf::load_weights`] after the model is built. Default none.
+    fn init_from(&self) -> Option<&std::path::Path> {
+        None
+    }
+
+    /// This model in transformers' format (checkpoint names and layouts, `config.json`), for
+    /// `init_from` and `perplex export --format hf`; `None` when it has none (the recurrent
+    /// models).
+    fn hf_format(&self) -> Option<Box<dyn crate::hf::HfFormat>> {
+        None
+    }
+
+    /// The concrete config this one stands for: `[model] init_from = DIR` alone reads `DIR`'s
+    /// `config.json` ([`crate::hf::resolve`]). `None` for a config that is concrete already.
+    ///
+    /// # Errors
+    /// [`ModelError::Pretrained`] when the directory's config cannot be used, naming the key.
+    fn resolve(&self) -> Result<Option<Box<dyn ModelConfig>>, ModelError> {
+        Ok(None)
+    }
 }
 
 pub(crate) fn check_input(input: &Tensor) -> Result<(), ModelError> {

@@ -1,5 +1,7 @@
 //! A GPT-style decoder-only Transformer (`type = "transformer"`), the model of
 //! `shared/reference/pytorch_gpt_lm.py` (itself nanoGPT's, with shorter module names).
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -19,6 +21,16 @@ pub enum Positions {
     /// Rotary embeddings on the queries and keys of every layer, no `wpe` (RoFormer; see
     /// `rotary.rs`). Needs an even head size `n_embd / n_head`.
     Rope,
+}
+
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact GELU, `x Φ(x)` (`torch.nn.functional.gelu`; nanoGPT).
+    Gelu,
+    /// GELU's tanh approximation (`gelu(approximate="tanh")`; GPT-2's `gelu_new`).
+    GeluNew,
 }
 
 /// Configuration of [`TransformerLm`] (`type = "transformer"`). Defaults are the reference's
@@ -44,6 +56,20 @@ pub struct TransformerLmConfig {
     /// The output head is the token embedding `wte` (one tensor, both uses' gradients); false
     /// gives a separate `head.weight`. Default true.
     pub tie_weights: bool,
+    /// The MLP's activation: `"gelu"` (exact) or `"gelu_new"` (GPT-2's tanh approximation).
+    /// Default `"gelu"`.
+    pub activation: Activation,
+    /// `eps` of every LayerNorm (GPT-2's `layer_norm_epsilon`). Default 1e-5.
+    pub layer_norm_epsilon: f64,
+    /// Width of the MLP (GPT-2's `n_inner`). Default `4 * n_embd`.
+    pub n_inner: Option<i64>,
+    /// Rows of the embedding and the head when the checkpoint has more than the tokenizer's
+    /// vocabulary. Default: the tokenizer's size.
+    pub vocab_size: Option<i64>,
+    /// The transformers directory the weights come from (`[model] init_from`), recorded by
+    /// the run; its weights are read when a new run starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for TransformerLmConfig {
@@ -57,7 +83,25 @@ impl Default for TransformerLmConfig {
             bias: false,
             positions: Positions::Learned,
             tie_weights: true,
+            activation: Activation::Gelu,
+            layer_norm_epsilon: LAYER_NORM_EPS,
+            n_inner: None,
+            vocab_size: None,
+            init_from: None,
         }
+    }
+}
+
+/// The embedding rows of a model whose config may give more rows than the tokenizer has tokens.
+pub(crate) fn embedding_rows(vocab_size: Option<i64>, tokens: i64) -> Result<i64, ModelError> {
+    match vocab_size {
+        None => Ok(tokens),
+        Some(rows) if rows >= tokens => Ok(rows),
+        Some(rows) => Err(ModelError::InvalidConfig {
+            key: "vocab_size",
+            value: format!("{rows} (the tokenizer has {tokens} tokens)"),
+            expected: "at least the tokenizer's vocabulary",
+        }),
     }
 }
 
@@ -75,11 +119,16 @@ impl ModelConfig for TransformerLmConfig {
                 expected: "at least data.seq_len: the model reads at most block_size tokens",
             });
         }
-        Ok(Box::new(TransformerLm::new(
-            path,
-            context.vocab_size,
-            self,
-        )?))
+        let rows = embedding_rows(self.vocab_size, context.vocab_size)?;
+        Ok(Box::new(TransformerLm::new(path, rows, self)?))
+    }
+
+    fn init_from(&self) -> Option<&std::path::Path> {
+        self.init_from.as_deref()
+    }
+
+    fn hf_format(&self) -> Option<Box<dyn crate::hf::HfFormat>> {
+        Some(Box::new(crate::hf::Gpt2Format(self.clone())))
     }
 }
 
@@ -105,6 +154,16 @@ impl TransformerLmConfig {
                 key: "positions",
                 value: format!("\"rope\" (head size n_embd / n_head = {head_dim})"),
                 expected: "an even head size for rotary positions",
+            });
+        }
+        if let Some(inner) = self.n_inner {
+            positive("n_inner", inner)?;
+        }
+        if !(self.layer_norm_epsilon > 0.0) {
+            return Err(ModelError::InvalidConfig {
+                key: "layer_norm_epsilon",
+                value: self.layer_norm_epsilon.to_string(),
+                expected: "a positive number",
             });
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -153,13 +212,15 @@ impl Linear {
 struct LayerNorm {
     weight: Tensor,
     bias: Option<Tensor>,
+    eps: f64,
 }
 
 impl LayerNorm {
-    fn new(path: nn::Path, width: i64, bias: bool) -> Self {
+    fn new(path: nn::Path, width: i64, bias: bool, eps: f64) -> Self {
         Self {
             weight: path.var("weight", &[width], nn::Init::Const(1.0)),
             bias: bias.then(|| path.var("bias", &[width], nn::Init::Const(0.0))),
+            eps,
         }
     }
 
@@ -169,7 +230,7 @@ impl LayerNorm {
             width.as_slice(),
             Some(&self.weight),
             self.bias.as_ref(),
-            LAYER_NORM_EPS,
+            self.eps,
             true,
         )
     }
@@ -217,6 +278,7 @@ struct Block {
     fc: Linear,
     fc_proj: Linear,
     n_head: i64,
+    activation: Activation,
 }
 
 impl Block {
@@ -225,14 +287,16 @@ impl Block {
         // GPT-2: the projections into the residual stream are scaled by 1/sqrt(2 n_layer), one
         // per residual branch, so the stream's variance does not grow with depth.
         let residual_std = INIT_STD / ((2 * c.n_layer) as f64).sqrt();
+        let (eps, inner) = (c.layer_norm_epsilon, c.n_inner.unwrap_or(4 * e));
         Self {
-            ln1: LayerNorm::new(&path / "ln1", e, c.bias),
+            ln1: LayerNorm::new(&path / "ln1", e, c.bias, eps),
             qkv: Linear::new(&path / "qkv", e, 3 * e, INIT_STD, c.bias),
             proj: Linear::new(&path / "proj", e, e, residual_std, c.bias),
-            ln2: LayerNorm::new(&path / "ln2", e, c.bias),
-            fc: Linear::new(&path / "fc", e, 4 * e, INIT_STD, c.bias),
-            fc_proj: Linear::new(&path / "fc_proj", 4 * e, e, residual_std, c.bias),
+            ln2: LayerNorm::new(&path / "ln2", e, c.bias, eps),
+            fc: Linear::new(&path / "fc", e, inner, INIT_STD, c.bias),
+            fc_proj: Linear::new(&path / "fc_proj", inner, e, residual_std, c.bias),
             n_head: c.n_head,
+            activation: c.activation,
         }
     }
 
@@ -259,14 +323,19 @@ impl Block {
             None => (k, v, 0),
             Some(cache) => cache.extend(k, v)?,
         };
-        let a = attend(&q, &k, &v, past, pass.dropout)?
+        let a = attend(&q, &k, &v, past, pass.dropout, false)?
             .f_transpose(1, 2)?
             .f_contiguous()?
             .f_view([batch, len, width])?;
         let x = x.f_add(&self.proj.forward(&a)?.f_dropout(pass.dropout, pass.train)?)?;
         let mlp = self
             .fc_proj
-            .forward(&self.fc.forward(&self.ln2.forward(&x)?)?.f_gelu("none")?)?;
+            .forward(&self.fc.forward(&self.ln2.forward(&x)?)?.f_gelu(
+                match self.activation {
+                    Activation::Gelu => "none",
+                    Activation::GeluNew => "tanh",
+                },
+            )?)?;
         x.f_add(&mlp.f_dropout(pass.dropout, pass.train)?)
     }
 }
@@ -277,17 +346,19 @@ impl Block {
 /// Its `is_causal` mask is aligned to the top left (query `i` sees keys `0..=i`), right only when
 /// nothing is cached. One new query may see every key; several new queries after a cache get an
 /// explicit boolean mask aligned to the bottom right (query `i` sees keys `0..=past + i`). A mask
-/// is never passed together with `is_causal`.
-fn attend(
+/// is never passed together with `is_causal`. `gqa`: `k` and `v` have fewer heads than `q`,
+/// each serving `heads / kv_heads` consecutive query heads (SDPA's `enable_gqa`).
+pub(crate) fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     past: i64,
     dropout: f64,
+    gqa: bool,
 ) -> Result<Tensor, tch::TchError> {
     let len = q.size()[2];
     let sdpa = |mask: Option<&Tensor>, is_causal| {
-        Tensor::f_scaled_dot_product_attention(q, k, v, mask, dropout, is_causal, None, false)
+        Tensor::f_scaled_dot_product_attention(q, k, v, mask, dropout, is_causal, None, gqa)
     };
     if past == 0 {
         sdpa(None, true)
@@ -359,7 +430,12 @@ impl TransformerLm {
         let blocks = (0..config.n_layer)
             .map(|i| Block::new(path / "blocks" / i, config))
             .collect();
-        let ln_f = LayerNorm::new(path / "ln_f", config.n_embd, config.bias);
+        let ln_f = LayerNorm::new(
+            path / "ln_f",
+            config.n_embd,
+            config.bias,
+            config.layer_norm_epsilon,
+        );
         let head = if config.tie_weights {
             wte.shallow_clone()
         } else {
