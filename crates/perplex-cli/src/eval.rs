@@ -30,6 +30,16 @@ pub struct EvalArgs {
     /// run's evaluation batch size, lowered when the text is too short for it.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Sliding-window perplexity (transformers' guide "Perplexity of fixed-length models"):
+    /// windows of the model's context (`--max-length`) starting every N tokens, each token
+    /// scored once with up to context - 1 tokens before it. Without it, the text is cut into
+    /// `--batch-size` streams read in windows of the run's `seq_len`.
+    #[arg(long, value_name = "N")]
+    pub stride: Option<usize>,
+    /// The window of `--stride`; default: the model's context (`block_size`,
+    /// `n_positions`, `max_position_embeddings`), else the run's `seq_len`.
+    #[arg(long, value_name = "TOKENS", requires = "stride")]
+    pub max_length: Option<usize>,
     /// How many of the most surprising tokens to list.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -77,6 +87,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let data = &model.config.data;
     let seq_len = data.seq_len;
+    if let Some(stride) = args.stride {
+        let max_length = args.max_length.unwrap_or_else(|| {
+            model
+                .model
+                .max_seq_len()
+                .map_or(seq_len, |n| n.max(0) as usize)
+        });
+        let losses = model.strided_token_losses(&ids, max_length, stride)?;
+        let scored = format!(
+            "{what}: {} of {n} {}s (windows of {max_length}, stride {stride})",
+            losses.len(),
+            model.tokenizer_kind().unit()
+        );
+        return report(&model, &ids, &losses, &scored, &args);
+    }
     let wanted = args
         .batch_size
         .unwrap_or(data.eval_batch_size.unwrap_or(data.batch_size));
@@ -95,9 +120,27 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     let losses = model.token_losses(&ids, batch_size, seq_len)?;
+    let scored = format!(
+        "{what}: {} of {n} {}s ({batch_size} stream{} x windows of {seq_len})",
+        losses.len(),
+        model.tokenizer_kind().unit(),
+        if batch_size == 1 { "" } else { "s" },
+    );
+    report(&model, &ids, &losses, &scored, &args)
+}
+
+/// Prints the scores of `losses` (and the surprises, the per-token file).
+fn report(
+    model: &LoadedModel,
+    ids: &Tensor,
+    losses: &[TokenLoss],
+    scored: &str,
+    args: &EvalArgs,
+) -> anyhow::Result<()> {
+    let n = ids.size1()? as usize;
     let unit = model.tokenizer_kind().unit();
     let unk = model.vocab.unk_id();
-    let unknown = Vec::<i64>::try_from(&ids)?
+    let unknown = Vec::<i64>::try_from(ids)?
         .iter()
         .filter(|&&i| Some(i) == unk)
         .count();
@@ -107,8 +150,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let loss = sum / count.max(1) as f64;
     println!("checkpoint   {}", model.weights.display());
     println!(
-        "scored       {what}: {count} of {n} {unit}s ({batch_size} stream{} x windows of {seq_len}), {:.2}% <unk>",
-        if batch_size == 1 { "" } else { "s" },
+        "scored       {scored}, {:.2}% <unk>",
         100.0 * unknown as f64 / n as f64
     );
     println!();
@@ -128,11 +170,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 
     if args.top > 0 {
         println!();
-        print!("{}", surprising(&model, &ids, &losses, args.top)?);
+        print!("{}", surprising(model, ids, losses, args.top)?);
     }
     if let Some(out) = &args.per_token {
         let mut tsv = String::from("position\ttoken\tnll_nats\n");
-        for t in &losses {
+        for t in losses {
             let token = model.vocab.token(t.id).unwrap_or("<unk>");
             writeln!(tsv, "{}\t{}\t{:.6}", t.position, escape(token), t.nll)?;
         }

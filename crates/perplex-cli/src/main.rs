@@ -2,6 +2,7 @@
 mod chart;
 mod data;
 mod eval;
+mod export;
 mod generate;
 mod lr_find;
 mod metrics_log;
@@ -46,6 +47,8 @@ enum Command {
     /// Score a trained model: loss, perplexity and bits per token on a split or a text file, and
     /// the tokens it found most surprising.
     Eval(eval::EvalArgs),
+    /// Write a run (or checkpoint) as a Hugging Face transformers directory.
+    Export(export::ExportArgs),
     /// Continue a prompt with a trained model (temperature, top-k, top-p, seed, banned tokens).
     Generate(generate::GenerateArgs),
     /// Plot a run's loss, validation perplexity and learning rate against the step (PNG and SVG).
@@ -115,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             resume,
         } => train::run(config.as_deref(), &overrides, dry_run, resume.as_deref()),
         Command::Eval(args) => eval::run(args),
+        Command::Export(args) => export::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Plot(args) => plot::run(args),
         Command::LrFind(args) => lr_find::run(args),

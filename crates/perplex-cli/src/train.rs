@@ -50,7 +50,10 @@ pub fn run(
             }
         }
         None => {
-            let cfg = RunConfig::load(config, overrides)?;
+            let mut cfg = RunConfig::load(config, overrides)?;
+            // `[model] init_from`: the directory's architecture and tokenizer, logged and
+            // printed as the run will record them.
+            cfg.resolve_pretrained(true)?;
             cfg.log_sections();
             if dry_run {
                 // Every check training runs before its first step, without a run directory or

@@ -166,14 +166,14 @@ impl LlamaLmConfig {
                            head_dim, hidden_size / num_attention_heads",
             });
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(ModelError::InvalidConfig {
                 key: "rms_norm_eps",
                 value: self.rms_norm_eps.to_string(),
                 expected: "a positive number",
             });
         }
-        if !(self.rope_theta > 1.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 1.0 {
             return Err(ModelError::InvalidConfig {
                 key: "rope_theta",
                 value: self.rope_theta.to_string(),

@@ -159,7 +159,7 @@ impl TransformerLmConfig {
         if let Some(inner) = self.n_inner {
             positive("n_inner", inner)?;
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             return Err(ModelError::InvalidConfig {
                 key: "layer_norm_epsilon",
                 value: self.layer_norm_epsilon.to_string(),

@@ -464,6 +464,55 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Resolves `[model] init_from = "DIR"`: the model section becomes the concrete config of
+    /// `DIR/config.json` (`type = "llama"` or `"transformer"`, every key, `init_from` kept), and
+    /// the run's tokenizer the directory's `tokenizer.json` (`data.tokenizer = "bpe"`) unless
+    /// `data.tokenizer_file` or `data.prepared` names one. For a new run (`check`), a concrete
+    /// config that names `init_from` itself must describe the directory's model: any
+    /// architecture key that differs from `config.json` is refused by name (dropout aside).
+    /// Does nothing for a model without `init_from`; idempotent.
+    ///
+    /// # Errors
+    /// [`TrainerError::Model`] naming the file and key of the directory, or
+    /// [`TrainerError::Config`] for a directory without `tokenizer.json` (and no
+    /// `data.tokenizer_file`) or an architecture key that differs.
+    pub fn resolve_pretrained(&mut self, check: bool) -> Result<(), TrainerError> {
+        let explicit = self.model.resolve()?;
+        let was_concrete = explicit.is_none();
+        if let Some(concrete) = explicit {
+            self.model = concrete;
+        }
+        let Some(dir) = self.model.init_from().map(Path::to_path_buf) else {
+            return Ok(());
+        };
+        if check && was_concrete {
+            check_against_directory(self.model.as_ref(), &dir)?;
+        }
+        if self.data.tokenizer_file.is_none() && self.data.prepared.is_none() {
+            let file = dir.join("tokenizer.json");
+            if !file.is_file() {
+                return Err(TrainerError::Config {
+                    source_name: "model.init_from".into(),
+                    message: format!(
+                        "{} has no tokenizer.json: set data.tokenizer_file to the tokenizer the \
+                         model was trained with",
+                        dir.display()
+                    ),
+                });
+            }
+            self.data.tokenizer_file = Some(file);
+        }
+        if self.data.tokenizer != perplex_data::TokenizerKind::Bpe {
+            tracing::info!(
+                "model.init_from: data.tokenizer = \"bpe\" (the pretrained model's tokenizer.json), \
+                 not \"{}\"",
+                format!("{:?}", self.data.tokenizer).to_lowercase()
+            );
+            self.data.tokenizer = perplex_data::TokenizerKind::Bpe;
+        }
+        Ok(())
+    }
+
     /// The config as TOML (what a run directory's `config.toml` holds).
     ///
     /// # Errors
@@ -541,6 +590,46 @@ pub(crate) fn check_accumulate(accumulate: u64, batch_size: usize) -> Result<(),
                 "accumulate = {accumulate} must be positive and divide data.batch_size = {batch_size}"
             ),
         });
+    }
+    Ok(())
+}
+
+/// A concrete model config that names `init_from` must be the directory's model: compared
+/// through transformers' `config.json` form of both (dropout keys aside).
+fn check_against_directory(model: &dyn ModelConfig, dir: &Path) -> Result<(), TrainerError> {
+    let theirs = perplex_model::hf::resolve(dir, None)?;
+    let (Some(ours), Some(theirs)) = (model.hf_format(), theirs.hf_format()) else {
+        return Err(TrainerError::Config {
+            source_name: "model.init_from".into(),
+            message: format!(
+                "model.type has no transformers form, so it cannot start from {}",
+                dir.display()
+            ),
+        });
+    };
+    let (ours, theirs) = (ours.config_json(0), theirs.config_json(0));
+    let dropout = [
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "attention_dropout",
+    ];
+    for (key, want) in theirs.as_object().into_iter().flatten() {
+        if dropout.contains(&key.as_str()) {
+            continue;
+        }
+        let got = &ours[key.as_str()];
+        if got != want {
+            return Err(TrainerError::Config {
+                source_name: "model".into(),
+                message: format!(
+                    "the model section gives {key} = {got}, but {} says {want}: with \
+                     init_from, leave the architecture to the directory (write only \
+                     init_from and dropout under [model])",
+                    dir.join("config.json").display()
+                ),
+            });
+        }
     }
     Ok(())
 }

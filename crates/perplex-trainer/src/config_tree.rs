@@ -245,17 +245,6 @@ pub(crate) fn merge_layers(layers: &Layers<'_>) -> Result<(Node, Vec<String>), L
         })?;
         base = Node::from_toml(toml::Value::Table(table), &source);
     }
-    // A section without `type` keeps the default implementation.
-    for (section, ty) in DEFAULT_TYPES {
-        let has_type = base.get(section).and_then(|s| s.get("type")).is_some();
-        if !has_type {
-            base.set(
-                &[section.to_string(), "type".into()],
-                Node::Scalar(toml::Value::String(ty.to_string()), Source::Default),
-            );
-        }
-    }
-
     // The override layers, each entry as (key path, value node).
     let mut entries: Vec<(Vec<String>, Node)> = Vec::new();
     for (name, value) in &layers.env {
@@ -270,6 +259,31 @@ pub(crate) fn merge_layers(layers: &Layers<'_>) -> Result<(Node, Vec<String>), L
     for o in layers.overrides {
         let (path, value) = parse_override(o)?;
         entries.push((path, Node::from_text(value, &Source::Set(o.clone()))));
+    }
+    // A section without `type` keeps the default implementation; a `[model]` that gives
+    // `init_from` (in any layer) and no `type` is a pretrained transformers directory.
+    let init_from = base.get("model").and_then(|s| s.get("init_from")).is_some()
+        || entries
+            .iter()
+            .any(|(p, _)| p.len() == 2 && p[0] == "model" && p[1] == "init_from");
+    let typed_by_override = |section: &str| {
+        entries
+            .iter()
+            .any(|(p, _)| p.len() == 2 && p[0] == section && p[1] == "type")
+    };
+    for (section, ty) in DEFAULT_TYPES {
+        let has_type = base.get(section).and_then(|s| s.get("type")).is_some();
+        if !has_type {
+            let ty = if *section == "model" && init_from && !typed_by_override(section) {
+                "pretrained"
+            } else {
+                ty
+            };
+            base.set(
+                &[section.to_string(), "type".into()],
+                Node::Scalar(toml::Value::String(ty.to_string()), Source::Default),
+            );
+        }
     }
     let mut upper = Node::empty();
     for (path, value) in entries {

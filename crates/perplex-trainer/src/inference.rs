@@ -40,6 +40,9 @@ pub struct LoadedModel {
     pub device: Device,
     /// The weights file that was loaded.
     pub weights: PathBuf,
+    /// The transformers directory the model was read from, when `--checkpoint` named one
+    /// (not a run): its text is not read after a line break, as transformers' `generate` does.
+    pub hf_dir: Option<PathBuf>,
 }
 
 /// The negative log-likelihood of one scored token.
@@ -80,6 +83,9 @@ impl LoadedModel {
     /// variables do not match the model the config describes), [`TrainerError::Config`] for an
     /// unreadable config, [`TrainerError::Data`] for an unreadable vocabulary.
     pub fn load(dir: &Path, device: Device) -> Result<Self, TrainerError> {
+        if perplex_model::hf::is_hf_dir(dir) {
+            return Self::load_hf(dir, device);
+        }
         if !dir.is_dir() {
             return Err(TrainerError::Io {
                 path: dir.to_path_buf(),
@@ -122,7 +128,154 @@ impl LoadedModel {
             model,
             device,
             weights,
+            hf_dir: None,
         })
+    }
+
+    /// Loads a transformers directory (the output of `save_pretrained`: `config.json`, the
+    /// safetensors weights, `tokenizer.json`) as a model of perplex: the config read by
+    /// [`perplex_model::hf::resolve`], the weights by [`perplex_model::hf::load_weights`]
+    /// (float32), the directory's tokenizer. Windows are the model's context
+    /// (`data.seq_len` = `n_positions` / `max_position_embeddings`); there is no corpus, so
+    /// [`LoadedModel::split_ids`] refuses `valid` and `test`.
+    ///
+    /// # Errors
+    /// [`TrainerError::Model`] naming the file and key or tensor; [`TrainerError::Config`] for a
+    /// directory without `tokenizer.json`; [`TrainerError::Data`] for an unreadable tokenizer.
+    pub fn load_hf(dir: &Path, device: Device) -> Result<Self, TrainerError> {
+        let mut config = RunConfig {
+            model: Box::new(perplex_model::PretrainedConfig {
+                init_from: dir.to_path_buf(),
+                dropout: None,
+            }),
+            ..RunConfig::default()
+        };
+        config.resolve_pretrained(false)?;
+        let file = config
+            .data
+            .tokenizer_file
+            .clone()
+            .expect("resolve_pretrained sets the tokenizer");
+        let tokenizer = perplex_data::HfTokenizer::from_file(&file)?;
+        let vocab = Vocabulary::from_hf(Arc::new(tokenizer))?;
+        let vs = nn::VarStore::new(device);
+        let context = BuildContext::new(vocab.len() as i64).with_device(device);
+        let model = config.model.build(&vs.root(), &context)?;
+        let format = config
+            .model
+            .hf_format()
+            .expect("a resolved transformers config has a format");
+        let report = perplex_model::hf::load_weights(&vs, format.as_ref(), dir)?;
+        tracing::info!(
+            dir = %dir.display(),
+            architecture = format.architecture(),
+            parameters = report.parameters,
+            "transformers model loaded"
+        );
+        if let Some(n) = model.max_seq_len() {
+            config.data.seq_len = n as usize;
+        }
+        config.data.path = None;
+        let weights = [perplex_model::hf::WEIGHTS, perplex_model::hf::INDEX]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| dir.join(perplex_model::hf::WEIGHTS));
+        Ok(Self {
+            config,
+            vocab,
+            vs,
+            model,
+            device,
+            weights,
+            hf_dir: Some(dir.to_path_buf()),
+        })
+    }
+
+    /// The NLL of every token of `ids` (int64 `[n]`) but the first, by the sliding-window
+    /// method of transformers' guide "Perplexity of fixed-length models": windows of
+    /// `max_length` tokens starting every `stride` tokens; a window scores only the tokens that
+    /// no earlier window scored, each with all the window's tokens before it as context (up to
+    /// `max_length - 1`). `stride = max_length` is disjoint windows; `stride = 1` gives every
+    /// token a full context. Sorted by position.
+    ///
+    /// (The guide's loop weights each window's mean loss by its new targets minus one, a count
+    /// that is exact only for disjoint windows; this sums the per-token NLLs, so every scored
+    /// token counts once.)
+    ///
+    /// # Errors
+    /// [`TrainerError::Config`] for a zero `stride` or `max_length` below 2, or a `stride` above
+    /// `max_length` (tokens would go unscored); model errors.
+    pub fn strided_token_losses(
+        &self,
+        ids: &Tensor,
+        max_length: usize,
+        stride: usize,
+    ) -> Result<Vec<TokenLoss>, TrainerError> {
+        if stride == 0 || max_length < 2 || stride > max_length {
+            return Err(TrainerError::Config {
+                source_name: "--stride".into(),
+                message: format!(
+                    "stride {stride} with windows of {max_length} tokens: expected 1 <= stride                      <= the window (tokens between windows would go unscored)"
+                ),
+            });
+        }
+        let n = ids.size1()? as usize;
+        let all = Vec::<i64>::try_from(ids)?;
+        let mut out = Vec::with_capacity(n.saturating_sub(1));
+        let mut scored_to = 1; // position 0 has no context
+        let mut begin = 0;
+        self.with_run_precision(|| {
+            tch::no_grad(|| -> Result<(), TrainerError> {
+                while scored_to < n {
+                    let end = (begin + max_length).min(n);
+                    let window = ids
+                        .f_narrow(0, begin as i64, (end - begin) as i64)?
+                        .f_to_device(self.device)?
+                        .f_view([1, -1])?;
+                    let state = self.model.initial_state(1, self.device);
+                    let logits = self.model.forward(&window, &state, false)?.logits();
+                    let kind = match logits.kind() {
+                        Kind::Double => Kind::Double,
+                        _ => Kind::Float,
+                    };
+                    // Logits at window position j predict the token at begin + j + 1; a
+                    // window's first token has no context in it (disjoint windows leave it
+                    // unscored, as the guide does).
+                    let from = scored_to.max(begin + 1);
+                    let (first, count) = (from - begin - 1, end - from);
+                    let targets = ids
+                        .f_narrow(0, from as i64, count as i64)?
+                        .f_to_device(self.device)?;
+                    let nll = logits
+                        .f_select(0, 0)?
+                        .f_narrow(0, first as i64, count as i64)?
+                        .f_to_kind(kind)?
+                        .f_cross_entropy_loss(
+                            &targets,
+                            None::<Tensor>,
+                            tch::Reduction::None,
+                            -100,
+                            0.0,
+                        )?;
+                    let nll = Vec::<f64>::try_from(
+                        nll.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?,
+                    )?;
+                    for (k, loss) in nll.into_iter().enumerate() {
+                        let position = from + k;
+                        out.push(TokenLoss {
+                            position,
+                            id: all[position],
+                            nll: loss,
+                        });
+                    }
+                    scored_to = end;
+                    begin += stride;
+                }
+                Ok(())
+            })
+        })?;
+        Ok(out)
     }
 
     /// The run's tokenizer (`[data] tokenizer`).
@@ -158,6 +311,16 @@ impl LoadedModel {
     /// [`TrainerError::Config`] for another split name or a corpus without a test split;
     /// [`TrainerError::Data`] when the corpus cannot be read.
     pub fn split_ids(&self, split: &str) -> Result<Tensor, TrainerError> {
+        if let Some(dir) = &self.hf_dir {
+            return Err(TrainerError::Config {
+                source_name: "split".into(),
+                message: format!(
+                    "{} is a transformers directory, not a run: it has no `{split}` split; \
+                     score a text file with --split FILE",
+                    dir.display()
+                ),
+            });
+        }
         if self.config.data.prepared.is_some() {
             // Token files made with the run's vocabulary (checked when they are opened).
             let data = perplex_data::PreparedData::open(&self.config.data)?;
@@ -385,7 +548,8 @@ impl LoadedModel {
         };
         let line_break = line_break.as_str();
         let mut feed = Vec::with_capacity(prompt_ids.len() + 1);
-        if self.vocab.contains(line_break)
+        if self.hf_dir.is_none()
+            && self.vocab.contains(line_break)
             && prompt_tokens.first().map(String::as_str) != Some(line_break)
         {
             feed.push(self.vocab.id(line_break));

@@ -445,14 +445,12 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_
     std::fs::write(&path, json.to_string()).unwrap();
 }
 
+type ConfigEdit = Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>;
+
 /// Every config.json key that changes the computation is honoured or refused by name.
 #[test]
 fn config_keys_perplex_cannot_honour_are_refused_by_name() {
-    let cases: Vec<(
-        &str,
-        Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>,
-        &str,
-    )> = vec![
+    let cases: Vec<(&str, ConfigEdit, &str)> = vec![
         (
             "llama_mha",
             Box::new(|c| {

@@ -297,11 +297,14 @@ impl Trainer {
     /// Builds everything but writes nothing: the caller writes the run files once the trainer
     /// is complete (a new run) or its checkpoint has loaded (a resume).
     fn build(
-        config: RunConfig,
+        mut config: RunConfig,
         dir: PathBuf,
         vocab: Option<perplex_data::Vocabulary>,
         local_rank: usize,
     ) -> Result<Self, TrainerError> {
+        // A resume reads the run's own weights, not `init_from`'s.
+        let new_run = vocab.is_none();
+        config.resolve_pretrained(new_run)?;
         let tc = config.trainer.clone();
         if tc.threads > 0 {
             tch::set_num_threads(tc.threads as i32);
@@ -343,6 +346,23 @@ impl Trainer {
             .with_seq_len(config.data.seq_len as i64)
             .with_device(device);
         let model = config.model.build(&vs.root(), &context)?;
+        if let (true, Some(dir)) = (new_run, config.model.init_from()) {
+            let format = config
+                .model
+                .hf_format()
+                .ok_or_else(|| TrainerError::Config {
+                    source_name: "model.init_from".into(),
+                    message: "this model type cannot read a transformers directory".into(),
+                })?;
+            let report = perplex_model::hf::load_weights(&vs, format.as_ref(), dir)?;
+            tracing::info!(
+                init_from = %dir.display(),
+                architecture = format.architecture(),
+                tensors = report.tensors,
+                parameters = report.parameters,
+                "pretrained weights loaded"
+            );
+        }
         // Before the optimiser is built: its state is made like the parameters.
         tc.precision.convert(&mut vs);
         // The loss's options, checked with the real vocabulary before any file is written.

@@ -42,9 +42,12 @@ pub fn python() -> PathBuf {
 
 /// Runs one of this directory's scripts; panics with its output on failure.
 pub fn run_script(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    // Beside this file, whichever crate's test includes it (`file!()` is relative to the
+    // workspace root).
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/hf")
-        .join(script);
+        .join("../..")
+        .join(file!())
+        .with_file_name(script);
     let out = Command::new(python())
         .arg(&path)
         .args(args)
