@@ -336,7 +336,7 @@ const PY_TRANSFORMERS: &str = "transformers==5.23.0";
 
 /// The python of the torch venv (`Torch.python`; `python3` when torch is the user's, through
 /// `LIBTORCH_USE_PYTORCH`) with `transformers` installed into it once; returns that python.
-fn ensure_py_hf(torch: &Option<Torch>) -> Result<PathBuf> {
+pub(crate) fn ensure_py_hf(torch: &Option<Torch>) -> Result<PathBuf> {
     let python = torch
         .as_ref()
         .map(|t| t.python.clone())

@@ -314,6 +314,9 @@ enum Tiny {
     Gru,
     /// A 2-layer character Transformer on random windows, AdamW with clipping.
     Transformer,
+    /// A 2-layer character Llama (grouped-query attention, tied) on random windows, AdamW with
+    /// clipping.
+    Llama,
 }
 
 impl Tiny {
@@ -321,6 +324,7 @@ impl Tiny {
         match self {
             Tiny::Gru => "gru",
             Tiny::Transformer => "transformer",
+            Tiny::Llama => "llama",
         }
     }
 
@@ -335,6 +339,13 @@ impl Tiny {
             Tiny::Transformer => (
                 "random_windows",
                 "type = \"transformer\"\nn_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 16",
+                "type = \"adamw\"\nlr = 3e-3\nweight_decay = 0.1",
+            ),
+            Tiny::Llama => (
+                "random_windows",
+                "type = \"llama\"\nhidden_size = 32\nintermediate_size = 48\nnum_hidden_layers = 2\n\
+                 num_attention_heads = 4\nnum_key_value_heads = 2\nmax_position_embeddings = 16\n\
+                 tie_word_embeddings = true",
                 "type = \"adamw\"\nlr = 3e-3\nweight_decay = 0.1",
             ),
         };
@@ -364,7 +375,7 @@ progress = false
 {trainer}
 "#,
             corpus().display(),
-            if self == Tiny::Transformer {
+            if self != Tiny::Gru {
                 "clip_grad_norm = 1.0"
             } else {
                 ""
@@ -586,7 +597,9 @@ fn two_ranks_match_one_process_for_both_models_with_accumulation_and_resume_exac
         match model {
             // [layers, global batch, hidden]: both ranks' rows.
             Tiny::Gru => assert_eq!(state[0].1.size(), [1, 8, 32], "{m}"),
-            Tiny::Transformer => assert!(state.is_empty(), "{m}: a stateless model saved state"),
+            Tiny::Transformer | Tiny::Llama => {
+                assert!(state.is_empty(), "{m}: a stateless model saved state")
+            }
         }
         let name = format!("{m}-resume");
         let exits = launch(
@@ -608,15 +621,15 @@ fn two_ranks_match_one_process_for_both_models_with_accumulation_and_resume_exac
 
 /// Pitfall BB2-18 in float64 (`trainer.precision = "f64"`, issue 12's tolerance): 2 ranks with
 /// per-rank batch 4, with and without `accumulate = 2`, give the losses and final weights of one
-/// process with batch 8 within 1e-6, for the GRU (state carried) and the Transformer (clipped
-/// AdamW). Only the order of floating-point sums differs, which float64 leaves near 1e-15 (the
+/// process with batch 8 within 1e-6, for the GRU (state carried), the Transformer and the Llama
+/// (clipped AdamW). Only the order of floating-point sums differs, which float64 leaves near 1e-15 (the
 /// float32 runs of the test above differ by up to a few 1e-6 in weights, which this bound
 /// would refuse); every saved weight is float64.
 #[test]
 fn two_ranks_match_one_process_in_float64_for_both_models_with_accumulation() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    for model in [Tiny::Gru, Tiny::Transformer] {
+    for model in [Tiny::Gru, Tiny::Transformer, Tiny::Llama] {
         let m = model.name();
         let config = model.config(dir.path(), "max_steps = 6\nprecision = \"f64\"");
         let run = |world_size: usize, name: &str, sets: &[&str]| {

@@ -52,6 +52,27 @@ fn models() -> Vec<(&'static str, Box<dyn ModelConfig>, &'static str)> {
             Box::new(transformer(Positions::Learned, false)),
             "wte.weight",
         ),
+        (
+            "llama, gqa, llama3 rope, tied",
+            Box::new(perplex_model::LlamaLmConfig {
+                hidden_size: 16,
+                intermediate_size: 24,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                num_key_value_heads: Some(2),
+                max_position_embeddings: 8,
+                rope_scaling: Some(perplex_model::RopeScaling {
+                    rope_type: "llama3".into(),
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 4,
+                }),
+                tie_word_embeddings: true,
+                ..Default::default()
+            }),
+            "model.embed_tokens.weight",
+        ),
     ]
 }
 

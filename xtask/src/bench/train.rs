@@ -37,8 +37,10 @@ pub struct TrainArgs {
     /// the Transformer runs at char level only.
     #[arg(long, value_enum)]
     level: Option<Level>,
-    /// The model on both sides: the seed GRU or the GPT-style Transformer
-    /// (`examples/configs/gpt-tinyshakespeare-char.toml` against `pytorch_gpt_lm.py`).
+    /// The model on both sides: the seed GRU, the GPT-style Transformer
+    /// (`examples/configs/gpt-tinyshakespeare-char.toml` against `pytorch_gpt_lm.py`) or the
+    /// Llama (`examples/configs/llama-tinyshakespeare-char.toml` against transformers'
+    /// `LlamaForCausalLM`, `reference/hf_llama_lm.py`).
     #[arg(long, value_enum, default_value = "gru")]
     model: Model,
     /// Arithmetic on both sides: `f32`, or `bf16` autocast (perplex `trainer.precision = "bf16"`,
@@ -61,8 +63,8 @@ pub struct TrainArgs {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// The PyTorch reference script. Default `$PERPLEX_REFERENCE`, else
-    /// `../shared/reference/pytorch_gru_lm.py` (`pytorch_gpt_lm.py` for the Transformer) from the
-    /// workspace root.
+    /// `../shared/reference/pytorch_gru_lm.py` (`pytorch_gpt_lm.py` for the Transformer,
+    /// `reference/hf_llama_lm.py` for the Llama) from the workspace root.
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Run perplex only.
@@ -83,6 +85,9 @@ pub struct TrainArgs {
 enum Model {
     Gru,
     Transformer,
+    /// The Llama-family decoder against transformers' own `LlamaForCausalLM`
+    /// (`reference/hf_llama_lm.py`).
+    Llama,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,9 +137,12 @@ fn plan(a: &TrainArgs) -> Result<Plan> {
         bail!("--steps must be at least 1");
     }
     let levels = match (a.model, a.level) {
-        (Model::Transformer, None | Some(Level::Char)) => vec!["char"],
-        (Model::Transformer, Some(l)) => {
-            bail!("--model transformer runs at char level (its reference's setting), not {l:?}")
+        (Model::Transformer | Model::Llama, None | Some(Level::Char)) => vec!["char"],
+        (Model::Transformer | Model::Llama, Some(l)) => {
+            bail!(
+                "--model {:?} runs at char level (its reference's setting), not {l:?}",
+                a.model
+            )
         }
         (Model::Gru, l) => match l.unwrap_or(if q { Level::Char } else { Level::Both }) {
             Level::Word => vec!["word"],
@@ -241,6 +249,7 @@ fn prepare_perplex<'a>(
 ) -> Result<PerplexSide<'a>> {
     let config = crate::workspace_root().join(match (p.model, level) {
         (Model::Transformer, _) => "examples/configs/gpt-tinyshakespeare-char.toml",
+        (Model::Llama, _) => "examples/configs/llama-tinyshakespeare-char.toml",
         (Model::Gru, "word") => "examples/configs/gru-tinyshakespeare.toml",
         (Model::Gru, _) => "examples/configs/gru-char-tinyshakespeare.toml",
     });
@@ -418,7 +427,7 @@ fn run_pytorch(
     let first = out
         .first_line_with(&[match p.model {
             Model::Gru => "ep 1 step 1 ",
-            Model::Transformer => "iter 0 loss",
+            Model::Transformer | Model::Llama => "iter 0 loss",
         }])
         .map(|l| l.at_s)
         .unwrap_or(f64::NAN);
@@ -505,6 +514,7 @@ fn reference_script(a: &TrainArgs) -> Option<PathBuf> {
             crate::workspace_root().join(match a.model {
                 Model::Gru => "../shared/reference/pytorch_gru_lm.py",
                 Model::Transformer => "../shared/reference/pytorch_gpt_lm.py",
+                Model::Llama => "reference/hf_llama_lm.py",
             })
         });
     Some(p)
@@ -573,11 +583,16 @@ pub fn run(a: TrainArgs, torch: &Option<Torch>) -> Result<()> {
             None
         }
     };
-    let python = torch
-        .as_ref()
-        .map(|t| t.python.clone())
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("python3"));
+    let python = if p.model == Model::Llama && script.is_some() {
+        // The peer is transformers' LlamaForCausalLM: the pinned transformers beside torch.
+        crate::ensure_py_hf(torch)?
+    } else {
+        torch
+            .as_ref()
+            .map(|t| t.python.clone())
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("python3"))
+    };
     let corpus = corpus_file();
     let bench = super::bench_dir();
     let run_root = bench.join("runs");
