@@ -168,9 +168,12 @@ fn fine_tune_export_and_score_in_transformers() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let name = "llama_gqa";
     let cfg = config(tmp.path(), name, 3e-3);
-    let out = check(&train(&cfg, &[]), "train");
+    // `dropout` is the one model key allowed beside init_from.
+    let out = check(&train(&cfg, &["model.dropout=0.1"]), "train");
     assert!(out.contains("valid_loss"), "{out}");
     let run = tmp.path().join("runs").join(name);
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("attention_dropout = 0.1"), "{saved}");
     let out = check(
         &perplex()
             .args(["train", "--resume"])

@@ -647,10 +647,9 @@ fn llama_config(
     } else {
         keys.bool_or("attention_bias", false)?
     };
-    let attention_dropout = match dropout {
-        Some(d) => d,
-        None => keys.float_or("attention_dropout", 0.0)?,
-    };
+    // Read either way: `model.dropout` replaces the value, the key is still known.
+    let attention_dropout = keys.float_or("attention_dropout", 0.0)?;
+    let attention_dropout = dropout.unwrap_or(attention_dropout);
     Ok(LlamaLmConfig {
         hidden_size: keys.int("hidden_size")?,
         intermediate_size: keys.int("intermediate_size")?,
