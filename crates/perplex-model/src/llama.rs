@@ -583,7 +583,7 @@ impl LlamaLm {
         }
     }
 
-    fn parameter_count(&self) -> i64 {
+    fn matmul_parameters(&self) -> i64 {
         let numel = |t: &Tensor| t.size().iter().product::<i64>();
         let linear = |l: &Linear| numel(&l.weight) + l.bias.as_ref().map_or(0, numel);
         let layers: i64 = self
@@ -606,12 +606,8 @@ impl LlamaLm {
                     .sum::<i64>()
             })
             .sum();
-        let head = if self.config.tie_word_embeddings {
-            0
-        } else {
-            numel(&self.lm_head)
-        };
-        numel(&self.embed_tokens) + layers + numel(&self.norm.weight) + head
+        // The head's matmul counts; an untied input embedding is a lookup (no FLOPs).
+        numel(&self.lm_head) + layers + numel(&self.norm.weight)
     }
 }
 
@@ -621,11 +617,12 @@ impl LanguageModel for LlamaLm {
     }
 
     /// `6 N + 12 · layers · heads · head_dim · max_position_embeddings` (nanoGPT's
-    /// `estimate_mfu`, PaLM appendix B), `N` every parameter (the tied head once).
+    /// `estimate_mfu`, PaLM appendix B), `N` every parameter that multiplies (the head, the
+    /// layers, the final norm; an untied input embedding is a lookup and is left out).
     fn flops_per_token(&self) -> Option<f64> {
         let c = &self.config;
         let attention = 12 * c.num_hidden_layers * c.num_attention_heads * c.head_width();
-        Some(6.0 * self.parameter_count() as f64 + (attention * c.max_position_embeddings) as f64)
+        Some(6.0 * self.matmul_parameters() as f64 + (attention * c.max_position_embeddings) as f64)
     }
 
     fn max_seq_len(&self) -> Option<i64> {

@@ -624,3 +624,27 @@ fn models_made_in_perplex_export_to_transformers() {
         );
     }
 }
+
+/// A truncated weights file and a safetensors header that is not one are errors naming the
+/// file, never a panic or a read past the mapping.
+#[test]
+fn a_damaged_weights_file_is_refused_naming_it() {
+    let (_tmp, dir) = copy_fixture("llama_mha");
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 1000]).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors"), "{e}");
+    std::fs::write(&file, b"not a safetensors file at all").unwrap();
+    let e = load_err(&dir);
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a safetensors file"),
+        "{e}"
+    );
+    std::fs::remove_file(&file).unwrap();
+    let e = load_err(&dir);
+    assert!(
+        e.contains("no model.safetensors or model.safetensors.index.json"),
+        "{e}"
+    );
+}
