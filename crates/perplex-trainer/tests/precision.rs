@@ -320,3 +320,51 @@ fn a_resume_or_load_that_changes_the_dtype_is_refused() {
         "{err}"
     );
 }
+
+/// The Llama under bf16 autocast (RMSNorm's mean of squares in float32, rotary tables cast to
+/// the residual stream's float32, SDPA with grouped-query attention) trains within a few percent
+/// of float32, its parameters float32; and it trains in float64.
+#[test]
+fn the_llama_trains_under_bf16_autocast_and_in_float64() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, precision: &str| {
+        let mut c = config(
+            dir.path(),
+            name,
+            "type = \"softmax_cross_entropy\"",
+            &format!("precision = \"{precision}\""),
+        );
+        c.model = Box::new(perplex_model::LlamaLmConfig {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            max_position_embeddings: 32,
+            tie_word_embeddings: true,
+            ..Default::default()
+        });
+        c.trainer.max_steps = 15;
+        let mut t = Trainer::from_config(c).unwrap();
+        let s = t.fit().unwrap();
+        let kind = if precision == "f64" {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
+        for (name, p) in t.var_store().variables() {
+            assert_eq!(p.kind(), kind, "parameter {name} after {precision}");
+        }
+        s.epochs[0].train_loss
+    };
+    let (f32, bf16, f64) = (
+        run("l-f32", "f32"),
+        run("l-bf16", "bf16"),
+        run("l-f64", "f64"),
+    );
+    eprintln!("llama train loss: f32 {f32:.5} bf16 {bf16:.5} f64 {f64:.5}");
+    assert_ne!(f32, bf16, "bf16 autocast took no effect");
+    assert!((f32 - bf16).abs() < 0.03 * f32, "f32 {f32} vs bf16 {bf16}");
+    assert!((f32 - f64).abs() < 0.01 * f32, "f32 {f32} vs f64 {f64}");
+}
