@@ -227,6 +227,25 @@ fn a_resume_that_cannot_continue_changes_no_file_and_a_finished_run_says_so() {
         );
         assert!(!stderr.contains("frame #"), "{set}: {stderr}");
         assert!(snapshot(&run) == before, "{set}: the run directory changed");
+        // The same change through the environment (`PERPLEX__DATA__TOKENIZER=word`): the
+        // run's saved config is read from its file alone, so the environment cannot make the
+        // two sides equal (issue 24, fault 1: it trained on and rewrote config.toml).
+        let (path, value) = set.split_once('=').unwrap();
+        let var = format!("PERPLEX__{}", path.to_uppercase().replace('.', "__"));
+        let out = perplex()
+            .args(["train", "--resume"])
+            .arg(&run)
+            .args(["--set", "trainer.max_steps=20"])
+            .env(&var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value}: resumed");
+        assert!(
+            stderr.contains(key) && stderr.contains(old) && stderr.contains(new),
+            "{var}={value}: {stderr}"
+        );
+        assert!(snapshot(&run) == before, "{var}: the run directory changed");
     }
     // Finished (max_steps reached): said, exit 0, nothing changed.
     let out = perplex()

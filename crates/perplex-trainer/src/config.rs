@@ -303,7 +303,23 @@ impl RunConfig {
         file: Option<&Path>,
         overrides: &[String],
     ) -> Result<(Self, Vec<String>), TrainerError> {
-        let env = config_tree::env_overrides();
+        Self::load_layers(file, config_tree::env_overrides(), overrides)
+    }
+
+    /// The config of `file` alone: no `PERPLEX__*` environment variable, no override. What a
+    /// run directory's `config.toml` says, for a resume to compare the new config with.
+    ///
+    /// # Errors
+    /// As [`RunConfig::load`].
+    pub fn load_file_only(file: &Path) -> Result<Self, TrainerError> {
+        Ok(Self::load_layers(Some(file), Vec::new(), &[])?.0)
+    }
+
+    fn load_layers(
+        file: Option<&Path>,
+        env: Vec<(String, String)>,
+        overrides: &[String],
+    ) -> Result<(Self, Vec<String>), TrainerError> {
         let origin = file
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "the default config".into());

@@ -85,7 +85,9 @@ impl Trainer {
         let ckpt = checkpoint::resolve(spec, run_root)?;
         let run = checkpoint::run_of(&ckpt);
         let config_path = run.join(files::CONFIG);
-        let saved = RunConfig::load(Some(&config_path), &[])?;
+        // What the run saved, from its file alone: the environment's `PERPLEX__*` layer is
+        // part of the new config, so a fixed key it changes is refused like a `--set`.
+        let saved = RunConfig::load_file_only(&config_path)?;
         let mut config = RunConfig::load(Some(&config_path), overrides)?;
         if let Ok(cwd) = std::env::current_dir() {
             config.absolutize_paths(&cwd);
