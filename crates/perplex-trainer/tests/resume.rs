@@ -125,10 +125,18 @@ fn resume_is_bit_identical(loader: &str) {
 fn resume_latest_finds_the_newest_run() {
     let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
-    Trainer::from_config(config(dir.path(), "a", "max_steps = 5\neval = false"))
+    // Two runs: "z" first (3 steps), then "a" (5 steps). The newest is "a", which neither the
+    // first-made nor the last by name is, so a wrong order shows as step 3 below.
+    for (name, steps) in [("z", 3), ("a", 5)] {
+        Trainer::from_config(config(
+            dir.path(),
+            name,
+            &format!("max_steps = {steps}\neval = false"),
+        ))
         .unwrap()
         .fit()
         .unwrap();
+    }
     // Without more steps the run is finished: said so, nothing to do.
     let finished = Trainer::resume("latest", dir.path(), &[]).unwrap_err();
     assert!(
