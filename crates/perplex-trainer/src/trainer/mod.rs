@@ -728,7 +728,7 @@ impl Trainer {
             }
         }
         let (loss, skipped) =
-            self.train_step(batch, &mut r.state, r.teacher_state.as_mut(), r.epoch)?;
+            self.train_step(batch, &mut r.state, r.teacher_state.as_mut(), r.epoch, None)?;
         self.pos.step += 1;
         self.pos.window = batch.index + 1;
         if skipped {

@@ -19,28 +19,29 @@ const RANK_SEED_STRIDE: i64 = 0x9E37_79B9;
 
 impl Trainer {
     /// One optimiser step of the trainer's own step (accumulation, precision, clipping,
-    /// non-finite handling) at learning rate `lr`, carrying `state`. Returns the step's loss and
-    /// whether the update was skipped.
+    /// non-finite handling) at learning rate `lr`, whatever the schedule says, carrying `state`.
+    /// Returns the step's loss and whether the update was skipped.
     pub(crate) fn step_at_lr(
         &mut self,
         batch: &Batch,
         state: &mut HiddenState,
         lr: f64,
     ) -> Result<(Tensor, bool), TrainerError> {
-        self.optimizer.set_lr(lr);
-        let out = self.train_step(batch, state, None, self.pos.epoch);
+        let out = self.train_step(batch, state, None, self.pos.epoch, Some(lr));
         self.pos.step += 1;
         out
     }
 
     /// One optimiser step on `batch` (split into `accumulate` micro-batches); updates `state`.
-    /// Returns the step's loss (detached) and whether the update was skipped.
+    /// The learning rate is `lr` when given, else the schedule's for this step (else the
+    /// optimiser's own). Returns the step's loss (detached) and whether the update was skipped.
     pub(super) fn train_step(
         &mut self,
         batch: &Batch,
         state: &mut HiddenState,
         teacher_state: Option<&mut HiddenState>,
         epoch: u64,
+        lr: Option<f64>,
     ) -> Result<(Tensor, bool), TrainerError> {
         self.last_grad_norm = f64::NAN;
         // Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones, and
@@ -227,8 +228,10 @@ impl Trainer {
                     clip_grad_norm(self.optimizer.params(), self.config.clip_grad_norm)?;
             }
         }
-        if let Some(s) = &self.schedule {
-            self.optimizer.set_lr(s.lr(self.pos.step as i64));
+        match (lr, &self.schedule) {
+            (Some(lr), _) => self.optimizer.set_lr(lr),
+            (None, Some(s)) => self.optimizer.set_lr(s.lr(self.pos.step as i64)),
+            (None, None) => {}
         }
         self.optimizer.step()?;
         Ok((total, false))
@@ -283,5 +286,42 @@ impl Trainer {
             1 => format!(" on rank {} of {world_size}", ranks[0]),
             _ => format!(" on ranks {} of {world_size}", ranks.join(", ")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `step_at_lr` means what it says when a schedule is set (issue 24, fault 4: the schedule's
+    /// rate replaced it, and lr-find worked only because it clears the schedule).
+    #[test]
+    fn step_at_lr_uses_its_rate_even_with_a_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("text.txt");
+        std::fs::write(
+            &text,
+            "the quick brown fox jumps over the lazy dog\n".repeat(200),
+        )
+        .unwrap();
+        let toml = format!(
+            "[data]\npath = {:?}\ntokenizer = \"char\"\nbatch_size = 4\nseq_len = 8\n\
+             [model]\ntype = \"gru\"\nembedding_dim = 8\nhidden_size = 8\n\
+             [schedule]\ntype = \"warmup_cosine\"\nwarmup_steps = 10\ntotal_steps = 100\n\
+             [trainer]\nprogress = false\n",
+            text.display().to_string()
+        );
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, toml).unwrap();
+        let config = crate::RunConfig::load(Some(&file), &[]).unwrap();
+        let mut trainer = Trainer::in_memory(config).unwrap();
+        let batches = trainer.data_train_batches().unwrap();
+        let batch = batches
+            .get(perplex_data::Cursor { epoch: 1, index: 0 })
+            .unwrap()
+            .unwrap();
+        let mut state = trainer.model().initial_state(4, trainer.device());
+        trainer.step_at_lr(&batch, &mut state, 0.123).unwrap();
+        assert_eq!(trainer.optimizer.lr(), 0.123);
     }
 }
