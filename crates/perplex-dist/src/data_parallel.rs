@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use perplex_trainer::strategy::Strategy;
 use perplex_trainer::TrainerError;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::{DistError, ProcessGroup};
 
@@ -103,11 +103,15 @@ impl DataParallel {
     }
 
     /// Sums one bucket of gradients: flattened into one tensor, reduced, copied back. A
-    /// parameter without a gradient on this rank contributes zeros (the others may have one).
-    /// Returns the bytes reduced.
+    /// parameter without a gradient on this rank contributes zeros; the bucket also carries, per
+    /// parameter, how many ranks have its gradient, so that a parameter some other rank used
+    /// gets the sum here too (its gradient is created: PyTorch DDP's `find_unused_parameters`
+    /// case; without it this rank's optimiser would skip a parameter the others update, and the
+    /// replicas would drift apart silently). A parameter no rank used keeps no gradient, as in
+    /// a single process. Returns the gradient bytes reduced.
     fn reduce_bucket(&self, params: &[&Tensor]) -> Result<u64, DistError> {
         let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
-        let flat: Vec<Tensor> = params
+        let mut flat: Vec<Tensor> = params
             .iter()
             .zip(&grads)
             .map(|(p, g)| {
@@ -118,19 +122,45 @@ impl DataParallel {
                 }
             })
             .collect::<Result<_, _>>()?;
+        let numel: i64 = params.iter().map(|p| p.numel() as i64).sum();
+        let used: Vec<f64> = grads
+            .iter()
+            .map(|g| if g.defined() { 1.0 } else { 0.0 })
+            .collect();
+        let first = params[0];
+        flat.push(
+            Tensor::f_from_slice(&used)?
+                .f_to_kind(first.kind())?
+                .f_to_device(first.device())?,
+        );
         let bucket = Tensor::f_cat(&flat, 0)?;
         self.group.all_reduce_sum(&bucket)?;
+        let users = Vec::<f64>::try_from(
+            bucket
+                .f_narrow(0, numel, params.len() as i64)?
+                .f_to_kind(Kind::Double)?
+                .f_to_device(tch::Device::Cpu)?,
+        )?;
         let mut offset = 0;
-        for (p, g) in params.iter().zip(&grads) {
+        for ((p, g), users) in params.iter().zip(&grads).zip(users) {
             let n = p.numel() as i64;
+            let summed = bucket.f_narrow(0, offset, n)?.f_view_as(p)?;
             if g.defined() {
-                let summed = bucket.f_narrow(0, offset, n)?.f_view_as(g)?;
                 g.shallow_clone().f_copy_(&summed)?;
+            } else if users > 0.5 {
+                create_grad(p)?;
+                p.grad().f_copy_(&summed)?;
             }
             offset += n;
         }
-        Ok((bucket.numel() * bucket.kind().elt_size_in_bytes()) as u64)
+        Ok((numel as usize * first.kind().elt_size_in_bytes()) as u64)
     }
+}
+
+/// Gives `p` (a leaf that requires grad) a zero gradient: autograd accumulates `0 · p`.
+fn create_grad(p: &Tensor) -> Result<(), DistError> {
+    tch::with_grad(|| p.f_mul_scalar(0.0)?.f_sum(None)?.f_backward())?;
+    Ok(())
 }
 
 /// The parameters in buckets: consecutive runs of one kind and device, each at most

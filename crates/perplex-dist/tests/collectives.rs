@@ -119,10 +119,12 @@ fn worker(rank: usize) {
 }
 
 /// The strategy over the group: rank 0's variables everywhere (ranks initialised differently),
-/// gradients summed across several small buckets, a missing gradient counted as zero.
+/// gradients summed across several small buckets, a missing gradient counted as zero; a
+/// parameter only rank 1 uses gets the sum on rank 0 too (issue 24, fault 2: rank 0 kept no
+/// gradient, so its optimiser skipped what rank 1 updated), one no rank uses keeps none.
 fn data_parallel(dp: DataParallel, r: f64) {
     let cpu = (Kind::Float, tch::Device::Cpu);
-    let vars: Vec<(String, Tensor)> = (0..3)
+    let vars: Vec<(String, Tensor)> = (0..4)
         .map(|i| {
             let v = Tensor::full([3], 10.0 * i as f64 + r, cpu).set_requires_grad(true);
             (format!("v{i}"), v)
@@ -132,18 +134,25 @@ fn data_parallel(dp: DataParallel, r: f64) {
     for (i, (_, v)) in vars.iter().enumerate() {
         assert_eq!(Vec::<f32>::try_from(v).unwrap(), [10.0 * i as f32; 3]);
     }
-    // Gradients: (r + 1) · (i + 1) for v0 and v1 (v2 unused, so without a gradient).
-    let loss = (&vars[0].1 * (r + 1.0)).sum(Kind::Float)
+    // Gradients: (r + 1) · (i + 1) for v0 and v1; v2 unused (no gradient anywhere); v3 used by
+    // rank 1 only (gradient 5 there, none on rank 0).
+    let mut loss = (&vars[0].1 * (r + 1.0)).sum(Kind::Float)
         + (&vars[1].1 * (2.0 * (r + 1.0))).sum(Kind::Float);
+    if r == 1.0 {
+        loss += (&vars[3].1 * 5.0).sum(Kind::Float);
+    }
     loss.backward();
+    assert_eq!(vars[3].1.grad().defined(), r == 1.0);
     dp.reduce_gradients(&vars).unwrap();
     assert_eq!(Vec::<f32>::try_from(vars[0].1.grad()).unwrap(), [3.0; 3]);
     assert_eq!(Vec::<f32>::try_from(vars[1].1.grad()).unwrap(), [6.0; 3]);
     assert!(!vars[2].1.grad().defined());
-    // What the reduction reports is what it sent: 3 tensors of 3 f32 (36 bytes), each its own
-    // bucket under a 16-byte cap (v2 as zeros), in one reduction.
+    assert!(vars[3].1.grad().defined(), "rank {r}: v3 has no gradient");
+    assert_eq!(Vec::<f32>::try_from(vars[3].1.grad()).unwrap(), [5.0; 3]);
+    // What the reduction reports is the gradient it summed: 4 tensors of 3 f32 (48 bytes), each
+    // its own bucket under a 16-byte cap (v2 as zeros), in one reduction.
     let stats = dp.reduction_stats();
-    assert_eq!((stats.reductions, stats.bytes, stats.buckets), (1, 36, 3));
+    assert_eq!((stats.reductions, stats.bytes, stats.buckets), (1, 48, 4));
     assert!(stats.seconds > 0.0 && stats.mean_seconds() == stats.seconds);
     let sum = dp.all_reduce_sum(&Tensor::from(r + 1.0)).unwrap();
     assert_eq!(f64::try_from(sum).unwrap(), 3.0);
