@@ -631,7 +631,10 @@ fn two_ranks_match_one_process_in_float64_for_both_models_with_accumulation() {
     let runs = dir.path().join("runs");
     for model in [Tiny::Gru, Tiny::Transformer, Tiny::Llama] {
         let m = model.name();
-        let config = model.config(dir.path(), "max_steps = 6\nprecision = \"f64\"");
+        let config = model.config(
+            dir.path(),
+            "max_steps = 6\nprecision = \"f64\"\ncheck_replicas_every = 2",
+        );
         let run = |world_size: usize, name: &str, sets: &[&str]| {
             let args = new_run(&config, &runs, name, sets);
             let exits = launch(world_size, &args, &[], dir.path(), name);

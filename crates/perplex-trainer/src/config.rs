@@ -216,6 +216,11 @@ pub struct TrainerConfig {
     pub keep_last: usize,
     /// `stop` or `skip` when the loss or a gradient is NaN/infinite. Default `stop`.
     pub on_non_finite: OnNonFinite,
+    /// Data parallel: every this many optimiser steps, compare every parameter's checksum
+    /// across the ranks (one all-gather of two float64 numbers per parameter) and stop naming
+    /// the first parameter that differs; replicas that drift apart otherwise train on silently.
+    /// 0 (default): never. Ignored in a single process.
+    pub check_replicas_every: u64,
     /// Log (and write to `metrics.jsonl`) the running training loss every this many steps
     /// (0 = only per epoch). Default 20.
     pub log_every: u64,
@@ -249,6 +254,7 @@ impl Default for TrainerConfig {
             checkpoint: true,
             keep_last: 2,
             on_non_finite: OnNonFinite::Stop,
+            check_replicas_every: 0,
             log_every: 20,
             progress: true,
             run_dir: PathBuf::from("runs"),

@@ -123,3 +123,104 @@ impl Strategy for SingleProcess {
         Ok(())
     }
 }
+
+/// Compares the parameters of every process (`trainer.check_replicas_every`): each sends the
+/// float64 sum and sum of squares of every parameter (one all-gather), and every process checks
+/// that all ranks hold exactly rank 0's values. Replicas of a data-parallel run are
+/// bit-identical (the same reduced gradients through the same optimiser), so any difference is
+/// a fault: a rank that skipped an update, a missed reduction.
+///
+/// # Errors
+/// [`TrainerError::Config`] naming the step, the first parameter that differs (in name order),
+/// the rank and both checksums; communication errors.
+pub fn check_replicas(
+    strategy: &dyn Strategy,
+    params: &[(String, Tensor)],
+    step: u64,
+) -> Result<(), TrainerError> {
+    if params.is_empty() {
+        return Ok(());
+    }
+    let sums = tch::no_grad(|| -> Result<Tensor, TrainerError> {
+        let rows = params
+            .iter()
+            .map(|(_, p)| {
+                let p = p.f_to_kind(tch::Kind::Double)?;
+                Ok(Tensor::f_stack(
+                    &[p.f_sum(None)?, p.f_square()?.f_sum(None)?],
+                    0,
+                )?)
+            })
+            .collect::<Result<Vec<Tensor>, TrainerError>>()?;
+        Ok(Tensor::f_stack(&rows, 0)?)
+    })?;
+    let all = strategy.all_gather(&sums)?.f_to_device(tch::Device::Cpu)?;
+    let world = all.size()[0];
+    let values = Vec::<f64>::try_from(all.f_reshape([-1])?)?;
+    let n = params.len();
+    for (i, (name, _)) in params.iter().enumerate() {
+        let of = |rank: usize| (values[(rank * n + i) * 2], values[(rank * n + i) * 2 + 1]);
+        let first = of(0);
+        for rank in 1..world as usize {
+            let other = of(rank);
+            // Bitwise: NaN on both sides is a difference too (a replica check must not pass it).
+            if other.0.to_bits() != first.0.to_bits() || other.1.to_bits() != first.1.to_bits() {
+                return Err(TrainerError::Config {
+                    source_name: "trainer.check_replicas_every".into(),
+                    message: format!(
+                        "after step {step} the replicas differ: parameter `{name}` has sum {} and \
+                         sum of squares {} on rank 0, {} and {} on rank {rank}",
+                        first.0, first.1, other.0, other.1
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod replica_tests {
+    use super::*;
+
+    /// Two "ranks": this process's values, and a copy whose `b` is changed.
+    #[derive(Debug)]
+    struct Drifted;
+
+    impl Strategy for Drifted {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, TrainerError> {
+            Ok(t * 2)
+        }
+        fn reduce_gradients(&self, _params: &[(String, Tensor)]) -> Result<(), TrainerError> {
+            Ok(())
+        }
+        fn all_gather(&self, t: &Tensor) -> Result<Tensor, TrainerError> {
+            let other = t.copy();
+            let _ = other.get(1).get(0).fill_(123.0);
+            Ok(Tensor::stack(&[t.shallow_clone(), other], 0))
+        }
+    }
+
+    #[test]
+    fn the_first_parameter_that_differs_is_named() {
+        let params = vec![
+            ("a".to_string(), Tensor::from_slice(&[1.0f32, 2.0])),
+            ("b".to_string(), Tensor::from_slice(&[3.0f32])),
+        ];
+        let err = check_replicas(&Drifted, &params, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("after step 7") && err.contains("`b`") && err.contains("rank 1"),
+            "{err}"
+        );
+        // Identical replicas pass.
+        assert!(check_replicas(&SingleProcess, &params, 7).is_ok());
+    }
+}

@@ -730,6 +730,14 @@ impl Trainer {
         let (loss, skipped) =
             self.train_step(batch, &mut r.state, r.teacher_state.as_mut(), r.epoch, None)?;
         self.pos.step += 1;
+        let every = self.config.check_replicas_every;
+        if every > 0 && self.strategy.world_size() > 1 && self.pos.step.is_multiple_of(every) {
+            crate::strategy::check_replicas(
+                self.strategy.as_ref(),
+                &named_trainable(&self.vs),
+                self.pos.step,
+            )?;
+        }
         self.pos.window = batch.index + 1;
         if skipped {
             self.pos.skipped_steps += 1;
