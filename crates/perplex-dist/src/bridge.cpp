@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -26,11 +27,16 @@ struct Group {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
 };
 
+// Returned when the message itself cannot be allocated: NULL would read as success. Never
+// freed (pd_string_free knows it).
+char kOutOfMemory[] = "out of memory (the bridge could not allocate its error message)";
+
 char* copy_string(const std::string& s) {
   char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
+  if (out == nullptr) {
+    return kOutOfMemory;
   }
+  std::memcpy(out, s.c_str(), s.size() + 1);
   return out;
 }
 
@@ -87,7 +93,14 @@ void quiet_c10_log_once() {
 extern "C" {
 
 void pd_string_free(char* s) {
-  std::free(s);
+  if (s != kOutOfMemory) {
+    std::free(s);
+  }
+}
+
+// The error a failed allocation of a message gives: for the test that Rust reads it as one.
+char* pd_test_out_of_memory() {
+  return kOutOfMemory;
 }
 
 // A TCPStore at host:port (served by this process when is_server) with every key under
@@ -110,8 +123,12 @@ char* pd_store_new(const char* host, uint16_t port, int is_server, int64_t timeo
   });
 }
 
+// Destructors may throw (a store or group torn down mid-failure): nothing crosses into Rust.
 void pd_store_free(void* store) {
-  delete static_cast<Store*>(store);
+  try {
+    delete static_cast<Store*>(store);
+  } catch (...) {
+  }
 }
 
 char* pd_store_set(void* store, const char* key, const uint8_t* value, size_t len) {
@@ -126,6 +143,9 @@ char* pd_store_get(void* store, const char* key, uint8_t** value, size_t* len) {
   return guarded([&] {
     auto v = static_cast<Store*>(store)->store->get(std::string(key));
     *value = static_cast<uint8_t*>(std::malloc(v.size() > 0 ? v.size() : 1));
+    if (*value == nullptr) {
+      throw std::bad_alloc();
+    }
     std::memcpy(*value, v.data(), v.size());
     *len = v.size();
   });
@@ -160,7 +180,10 @@ char* pd_group_new(void* store, const char* prefix, int rank, int size, int64_t 
 }
 
 void pd_group_free(void* group) {
-  delete static_cast<Group*>(group);
+  try {
+    delete static_cast<Group*>(group);
+  } catch (...) {
+  }
 }
 
 // `tensor` summed over ranks, in place.

@@ -12,6 +12,8 @@ pub(crate) const AVAILABLE: bool = true;
 
 extern "C" {
     fn pd_string_free(s: *mut c_char);
+    #[cfg(test)]
+    fn pd_test_out_of_memory() -> *mut c_char;
     fn pd_bytes_free(b: *mut u8);
     fn pd_store_new(
         host: *const c_char,
@@ -209,5 +211,19 @@ impl Drop for Group {
     fn drop(&mut self) {
         // SAFETY: created by `pd_group_new`, freed once.
         unsafe { pd_group_free(self.0.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message the bridge cannot allocate is still an error (it returned NULL, which reads as
+    /// success: issue 24, fault 5), and its static text is not freed.
+    #[test]
+    fn an_unallocatable_error_message_is_still_an_error() {
+        // SAFETY: returns a pointer to the bridge's static message.
+        let err = check(unsafe { pd_test_out_of_memory() }).unwrap_err();
+        assert!(err.contains("out of memory"), "{err}");
     }
 }
