@@ -321,7 +321,8 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut state = trainer.model().initial_state(4, trainer.device());
-        trainer.step_at_lr(&batch, &mut state, 0.123).unwrap();
+        let (_loss, skipped) = trainer.step_at_lr(&batch, &mut state, 0.123).unwrap();
+        assert!(!skipped);
         assert_eq!(trainer.optimizer.lr(), 0.123);
     }
 }
