@@ -55,11 +55,15 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let model = LoadedModel::load(&args.checkpoint, Device::Cpu)
         .with_context(|| format!("loading the model in {}", args.checkpoint.display()))?;
     let Some(format) = model.config.model.hf_format() else {
+        let ty = serde_json::to_value(&model.config.model)
+            .ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+            .unwrap_or_else(|| "this type".into());
         bail!(
-            "the model in {} ({:?}) has no transformers form: perplex exports its Transformer \
-             (as GPT2LMHeadModel) and its Llama (as LlamaForCausalLM or Qwen2ForCausalLM)",
+            "the model in {} (model.type = \"{ty}\") has no transformers form: perplex exports \
+             its Transformer (as GPT2LMHeadModel) and its Llama (as LlamaForCausalLM or \
+             Qwen2ForCausalLM)",
             args.checkpoint.display(),
-            model.config.model
         );
     };
     format.exportable().map_err(|m| anyhow::anyhow!("{m}"))?;
@@ -83,20 +87,29 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let kept = staging.keep();
     std::fs::rename(&kept, out)
         .with_context(|| format!("moving {} to {}", kept.display(), out.display()))?;
+    // The class config.json names (Qwen2ForCausalLM for a Llama with Qwen2's biases).
+    let architecture = format.config_json(model.model.vocab_size())["architectures"][0]
+        .as_str()
+        .unwrap_or(format.architecture())
+        .to_string();
     println!(
-        "exported {} ({}) to {}",
+        "exported {} ({architecture}) to {}",
         args.checkpoint.display(),
-        format.architecture(),
         out.display()
     );
+    let with_tokenizer = notes.is_empty();
     for n in notes {
         println!("note: {n}");
     }
-    println!(
-        "load it with: AutoModelForCausalLM.from_pretrained({:?}) and AutoTokenizer.from_pretrained({:?})",
-        out.display().to_string(),
-        out.display().to_string()
-    );
+    let dir = format!("{:?}", out.display().to_string());
+    if with_tokenizer {
+        println!(
+            "load it with: AutoModelForCausalLM.from_pretrained({dir}) and \
+             AutoTokenizer.from_pretrained({dir})"
+        );
+    } else {
+        println!("load it with: AutoModelForCausalLM.from_pretrained({dir})");
+    }
     Ok(())
 }
 

@@ -187,6 +187,28 @@ fn fine_tune_export_and_score_in_transformers() {
     let exported = tmp.path().join("exported");
     let said = export(&run, &exported);
     assert!(said.contains("LlamaForCausalLM"), "{said}");
+    // The run and its export continue a prompt alike (no line break before a pretrained
+    // model's prompt, as transformers' generate).
+    let greedy = |dir: &Path| {
+        check(
+            &perplex()
+                .args([
+                    "generate",
+                    "--prompt",
+                    "ROMEO:",
+                    "--max-tokens",
+                    "16",
+                    "--top-k",
+                    "1",
+                    "--checkpoint",
+                ])
+                .arg(dir)
+                .output()
+                .unwrap(),
+            "generate",
+        )
+    };
+    assert_eq!(greedy(&run), greedy(&exported));
 
     // The same text through perplex (the run and its export) and through transformers.
     let sample = tmp.path().join("sample.txt");
@@ -414,4 +436,69 @@ fn init_from_mistakes_are_refused_by_name() {
         "export over files",
     );
     assert!(err.contains("not an empty directory"), "{err}");
+}
+
+/// GPT-2's three dropouts may differ: inference ignores them, fine-tuning takes
+/// `model.dropout`, and without it the refusal says how; `--dry-run` reads the checkpoint's
+/// headers, so a missing or damaged weights file fails there, not after the data is loaded.
+#[test]
+fn unequal_gpt2_dropouts_and_damaged_weights_before_training() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tmp.path().join("gpt2");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(fixtures().join("gpt2")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["attn_pdrop"] = serde_json::json!(0.0);
+    json["resid_pdrop"] = serde_json::json!(0.2);
+    std::fs::write(&path, json.to_string()).unwrap();
+    check(
+        &perplex()
+            .args([
+                "generate",
+                "--prompt",
+                "The",
+                "--max-tokens",
+                "4",
+                "--checkpoint",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap(),
+        "generate with unequal dropouts",
+    );
+    let cfg = config(tmp.path(), "gpt2", 1e-3);
+    let init = format!("model.init_from={}", dir.display());
+    let err = refused(
+        &train(&cfg, &[&init, "trainer.max_steps=1"]),
+        "unequal dropouts",
+    );
+    assert!(
+        err.contains("attn_pdrop") && err.contains("model.dropout"),
+        "{err}"
+    );
+    check(
+        &train(&cfg, &[&init, "model.dropout=0.1", "trainer.max_steps=2"]),
+        "train with model.dropout",
+    );
+    // Damaged weights: refused by --dry-run.
+    std::fs::write(dir.join("model.safetensors"), b"truncated").unwrap();
+    let err = refused(
+        &perplex()
+            .arg("train")
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--set", &init, "--set", "model.dropout=0.1", "--dry-run"])
+            .output()
+            .unwrap(),
+        "dry-run with damaged weights",
+    );
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a safetensors file"),
+        "{err}"
+    );
 }

@@ -363,6 +363,8 @@ const NO_EFFECT: &[&str] = &[
     "_attn_implementation_autoset",
     "attn_implementation",
     "_attn_implementation",
+    // nanotron's marker in SmolLM configs: a Llama (the architecture says so).
+    "is_llama_config",
 ];
 
 /// Reads `config.json` of a transformers directory into a perplex model config, with
@@ -633,6 +635,12 @@ fn llama_config(
             "null (sliding-window attention is not implemented)",
         )?;
     }
+    // SmolLM's spelling of the rotary layout: false is transformers' rotate_half.
+    keys.require(
+        "rope_interleaved",
+        |v| v == &Value::Bool(false),
+        "false (interleaved rotary pairs are not implemented; transformers' Llama pairs halves)",
+    )?;
     keys.require(
         "layer_types",
         |v| {
@@ -953,6 +961,62 @@ pub fn load_weights(
     dir: &Path,
 ) -> Result<LoadReport, ModelError> {
     let ckpt = Checkpoint::open(dir)?;
+    let (plan, claimed, skipped) = plan(vs, format, dir, &ckpt)?;
+    let mut converted = BTreeMap::new();
+    let mut parameters = 0;
+    tch::no_grad(|| -> Result<(), ModelError> {
+        for (key, transposed, mut var) in plan {
+            let mut t = ckpt.read(&key)?;
+            if t.kind() != var.kind() {
+                *converted.entry(format!("{:?}", t.kind())).or_insert(0) += 1;
+                t = t.f_to_kind(var.kind())?;
+            }
+            if transposed {
+                t = t.f_t_()?;
+            }
+            var.f_copy_(&t)?;
+            parameters += var.numel() as i64;
+        }
+        Ok(())
+    })?;
+    for (kind, n) in &converted {
+        tracing::info!(
+            "{}: converted {n} tensors stored as {kind} to {:?}",
+            dir.display(),
+            vs.kind()
+        );
+    }
+    Ok(LoadReport {
+        tensors: claimed,
+        parameters,
+        converted,
+        skipped,
+    })
+}
+
+/// Every check of [`load_weights`] (files, index, names, shapes, dtypes), reading no tensor:
+/// what `perplex train --dry-run` runs for `init_from`.
+///
+/// # Errors
+/// Those of [`load_weights`].
+pub fn check_weights(
+    vs: &nn::VarStore,
+    format: &dyn HfFormat,
+    dir: &Path,
+) -> Result<(), ModelError> {
+    let ckpt = Checkpoint::open(dir)?;
+    plan(vs, format, dir, &ckpt).map(|_| ())
+}
+
+/// Which checkpoint tensor goes into which variable (transposed or not), how many were
+/// claimed, and the entries skipped; every mismatch is an error here, before anything is read.
+#[allow(clippy::type_complexity)]
+fn plan(
+    vs: &nn::VarStore,
+    format: &dyn HfFormat,
+    dir: &Path,
+    ckpt: &Checkpoint,
+) -> Result<(Vec<(String, bool, Tensor)>, usize, Vec<String>), ModelError> {
     let prefix = format.prefix();
     let has_prefix = ckpt.place.keys().any(|k| k.starts_with(prefix));
     let stored = |hf: &str| -> String {
@@ -1042,36 +1106,7 @@ pub fn load_weights(
             ),
         ));
     }
-    let mut converted = BTreeMap::new();
-    let mut parameters = 0;
-    tch::no_grad(|| -> Result<(), ModelError> {
-        for (key, transposed, mut var) in plan {
-            let mut t = ckpt.read(&key)?;
-            if t.kind() != var.kind() {
-                *converted.entry(format!("{:?}", t.kind())).or_insert(0) += 1;
-                t = t.f_to_kind(var.kind())?;
-            }
-            if transposed {
-                t = t.f_t_()?;
-            }
-            var.f_copy_(&t)?;
-            parameters += var.numel() as i64;
-        }
-        Ok(())
-    })?;
-    for (kind, n) in &converted {
-        tracing::info!(
-            "{}: converted {n} tensors stored as {kind} to {:?}",
-            dir.display(),
-            vs.kind()
-        );
-    }
-    Ok(LoadReport {
-        tensors: claimed.len(),
-        parameters,
-        converted,
-        skipped,
-    })
+    Ok((plan, claimed.len(), skipped))
 }
 
 /// An owned tensor for safetensors' writer.

@@ -470,6 +470,11 @@ impl RunConfig {
             &perplex_model::BuildContext::new(STAND_IN_VOCAB)
                 .with_seq_len(self.data.seq_len as i64),
         )?;
+        // `init_from`: the checkpoint's files, names and shapes against the model (nothing read
+        // but the headers).
+        if let (Some(dir), Some(format)) = (self.model.init_from(), self.model.hf_format()) {
+            perplex_model::hf::check_weights(&vs, format.as_ref(), dir)?;
+        }
         self.build_optimizer(crate::named_trainable(&vs))?;
         check_loss(self.loss.as_ref(), 1 << 18, true)?;
         if let Some(s) = &self.schedule {
@@ -619,7 +624,8 @@ pub(crate) fn check_accumulate(accumulate: u64, batch_size: usize) -> Result<(),
 /// A concrete model config that names `init_from` must be the directory's model: compared
 /// through transformers' `config.json` form of both (dropout keys aside).
 fn check_against_directory(model: &dyn ModelConfig, dir: &Path) -> Result<(), TrainerError> {
-    let theirs = perplex_model::hf::resolve(dir, None)?;
+    // Dropout is the one key a run may choose: resolve with any value (it is not compared).
+    let theirs = perplex_model::hf::resolve(dir, Some(0.0))?;
     let (Some(ours), Some(theirs)) = (model.hf_format(), theirs.hf_format()) else {
         return Err(TrainerError::Config {
             source_name: "model.init_from".into(),
@@ -636,24 +642,26 @@ fn check_against_directory(model: &dyn ModelConfig, dir: &Path) -> Result<(), Tr
         "attn_pdrop",
         "attention_dropout",
     ];
-    for (key, want) in theirs.as_object().into_iter().flatten() {
-        if dropout.contains(&key.as_str()) {
-            continue;
-        }
-        let got = &ours[key.as_str()];
-        if got != want {
-            return Err(TrainerError::Config {
-                source_name: "model".into(),
-                message: format!(
-                    "the model section gives {key} = {got}, but {} says {want}: with \
-                     init_from, leave the architecture to the directory (write only \
-                     init_from and dropout under [model])",
-                    dir.join("config.json").display()
-                ),
-            });
-        }
+    let differences: Vec<String> = theirs
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(key, _)| !dropout.contains(&key.as_str()))
+        .filter(|(key, want)| &ours[key.as_str()] != *want)
+        .map(|(key, want)| format!("{key} = {} (config.json: {want})", ours[key.as_str()]))
+        .collect();
+    if differences.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(TrainerError::Config {
+        source_name: "model".into(),
+        message: format!(
+            "the model section describes another model than {}: {}; with init_from, leave the \
+             architecture to the directory (write only init_from and dropout under [model])",
+            dir.join("config.json").display(),
+            differences.join(", ")
+        ),
+    })
 }
 
 /// Runs the loss once on a probe batch over `vocab_size` tokens ([`perplex_losses::probe`]) and

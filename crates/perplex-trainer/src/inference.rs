@@ -143,10 +143,21 @@ impl LoadedModel {
     /// [`TrainerError::Model`] naming the file and key or tensor; [`TrainerError::Config`] for a
     /// directory without `tokenizer.json`; [`TrainerError::Data`] for an unreadable tokenizer.
     pub fn load_hf(dir: &Path, device: Device) -> Result<Self, TrainerError> {
+        let tokenizer_file = dir.join("tokenizer.json");
+        if !tokenizer_file.is_file() {
+            return Err(TrainerError::Io {
+                path: tokenizer_file,
+                message: "file not found: perplex reads and writes the text of a transformers \
+                          directory with its tokenizer.json (save it with the model: \
+                          tokenizer.save_pretrained(DIR))"
+                    .into(),
+            });
+        }
         let mut config = RunConfig {
+            // Inference: no dropout, whatever the checkpoint trained with.
             model: Box::new(perplex_model::PretrainedConfig {
                 init_from: dir.to_path_buf(),
-                dropout: None,
+                dropout: Some(0.0),
             }),
             ..RunConfig::default()
         };
@@ -212,11 +223,28 @@ impl LoadedModel {
         max_length: usize,
         stride: usize,
     ) -> Result<Vec<TokenLoss>, TrainerError> {
-        if stride == 0 || max_length < 2 || stride > max_length {
+        if max_length < 2 {
+            return Err(TrainerError::Config {
+                source_name: "--max-length".into(),
+                message: format!(
+                    "{max_length}: a window needs at least 2 tokens (one to read, one to score)"
+                ),
+            });
+        }
+        if let Some(limit) = self.model.max_seq_len() {
+            if max_length as i64 > limit {
+                return Err(TrainerError::Config {
+                    source_name: "--max-length".into(),
+                    message: format!("{max_length}: the model reads at most {limit} positions"),
+                });
+            }
+        }
+        if stride == 0 || stride > max_length {
             return Err(TrainerError::Config {
                 source_name: "--stride".into(),
                 message: format!(
-                    "stride {stride} with windows of {max_length} tokens: expected 1 <= stride                      <= the window (tokens between windows would go unscored)"
+                    "{stride} with windows of {max_length} tokens: expected 1 <= stride <= \
+                     {max_length} (tokens between windows would go unscored)"
                 ),
             });
         }
@@ -548,13 +576,24 @@ impl LoadedModel {
         };
         let line_break = line_break.as_str();
         let mut feed = Vec::with_capacity(prompt_ids.len() + 1);
-        if self.hf_dir.is_none()
+        // A pretrained model (a transformers directory, or a run started from one) reads the
+        // prompt as transformers' `generate` does, with nothing before it.
+        let pretrained = self.hf_dir.is_some() || self.config.model.init_from().is_some();
+        if !pretrained
             && self.vocab.contains(line_break)
             && prompt_tokens.first().map(String::as_str) != Some(line_break)
         {
             feed.push(self.vocab.id(line_break));
         }
         feed.extend_from_slice(&prompt_ids);
+        if feed.is_empty() && pretrained {
+            return Err(TrainerError::Config {
+                source_name: "prompt".into(),
+                message: "the prompt is empty: give a prompt (a pretrained model's text starts \
+                          where the prompt does)"
+                    .into(),
+            });
+        }
         if feed.is_empty() {
             return Err(TrainerError::Config {
                 source_name: "prompt".into(),

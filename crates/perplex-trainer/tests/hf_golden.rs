@@ -648,3 +648,26 @@ fn a_damaged_weights_file_is_refused_naming_it() {
         "{e}"
     );
 }
+
+/// SmolLM's config keys (nanotron's `is_llama_config`, `rope_interleaved = false`) describe a
+/// plain Llama and load; interleaved rotary pairs are refused by name.
+#[test]
+fn smollm_config_keys_are_honoured() {
+    let (_tmp, dir) = copy_fixture("llama_mha");
+    edit_config(&dir, |c| {
+        c.insert("is_llama_config".into(), serde_json::json!(true));
+        c.insert("rope_interleaved".into(), serde_json::json!(false));
+    });
+    let exp = Expected::load("llama_mha");
+    let m = load(&dir).unwrap();
+    assert_close(
+        "SmolLM keys",
+        &logits(m.model.as_ref(), &exp.tensor("input_ids")),
+        &exp.tensor("logits"),
+    );
+    edit_config(&dir, |c| {
+        c.insert("rope_interleaved".into(), serde_json::json!(true));
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("rope_interleaved = true"), "{e}");
+}
