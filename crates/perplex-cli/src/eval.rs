@@ -26,6 +26,10 @@ pub struct EvalArgs {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// libtorch intra-op threads (as `trainer.threads`); default: libtorch's (the CPUs). On a
+    /// busy machine fewer threads than CPUs can be much faster.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Independent streams the text is cut into (each starts from a fresh state); default: the
     /// run's evaluation batch size, lowered when the text is too short for it.
     #[arg(long)]
@@ -54,6 +58,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     // Before any long work: the per-token file must be writable.
     if let Some(out) = &args.per_token {
         perplex_trainer::run_dir::check_writable_file(out).context("--per-token")?;
+    }
+    if let Some(n) = args.threads {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        tch::set_num_threads(n as i32);
     }
     let device = parse_device(&args.device)?;
     let model = LoadedModel::load(&args.checkpoint, device)
