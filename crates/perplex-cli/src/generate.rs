@@ -48,6 +48,10 @@ pub struct GenerateArgs {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Sample all `--max-tokens` even past the end-of-text token (a pretrained model stops
+    /// there by default, as transformers' `generate` does at `eos_token_id`).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// libtorch intra-op threads (as `trainer.threads`); default: libtorch's (the CPUs). On a
     /// busy machine fewer threads than CPUs can be much faster.
     #[arg(long)]
@@ -87,6 +91,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         top_p: args.top_p,
         seed: args.seed,
         banned_ids,
+        stop_ids: if args.ignore_eos {
+            Vec::new()
+        } else {
+            model.eos_ids()
+        },
     };
     let generation = model.sample(&args.prompt, &options)?;
     if generation.prompt_unknown > 0 {

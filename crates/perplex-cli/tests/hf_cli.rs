@@ -362,6 +362,66 @@ fn generate_reads_a_transformers_directory() {
     assert!(out.starts_with("The king"), "{out}");
     let m = LoadedModel::load(&dir, Device::Cpu).unwrap();
     assert_eq!(m.model.vocab_size(), 336, "Qwen2's padded embedding");
+
+    // Generation stops at the directory's eos_token_id (kept), as transformers' generate does;
+    // --ignore-eos samples on. The fixture's eos (id 0) is never the greedy choice, so a copy
+    // names the 5th greedy token as its eos.
+    let options = perplex_trainer::sampling::SamplingOptions {
+        max_tokens: 12,
+        top_k: 1,
+        ..Default::default()
+    };
+    let full = m.sample("The king", &options).unwrap().ids;
+    assert_eq!(full.len(), 12);
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let copy = tmp.path().join("qwen2");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let eos = full[4];
+    let first = full.iter().position(|&i| i == eos).unwrap();
+    std::fs::write(
+        copy.join("generation_config.json"),
+        format!("{{\"eos_token_id\": [{eos}, 99999]}}"),
+    )
+    .unwrap();
+    let m = LoadedModel::load(&copy, Device::Cpu).unwrap();
+    assert_eq!(m.eos_ids(), [eos, 99999]);
+    let stopped = m
+        .sample(
+            "The king",
+            &perplex_trainer::sampling::SamplingOptions {
+                stop_ids: m.eos_ids(),
+                ..options.clone()
+            },
+        )
+        .unwrap()
+        .ids;
+    assert_eq!(stopped, full[..=first], "stops at the first eos, kept");
+    let n_tokens = |extra: &[&str]| {
+        let out = check(
+            &perplex()
+                .args([
+                    "generate",
+                    "--prompt",
+                    "The king",
+                    "--max-tokens",
+                    "12",
+                    "--top-k",
+                    "1",
+                ])
+                .args(extra)
+                .arg("--checkpoint")
+                .arg(&copy)
+                .output()
+                .unwrap(),
+            "generate",
+        );
+        out.len()
+    };
+    assert!(n_tokens(&[]) < n_tokens(&["--ignore-eos"]));
 }
 
 #[test]

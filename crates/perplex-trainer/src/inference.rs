@@ -68,7 +68,8 @@ pub struct Generation {
     /// bounded context ([`LanguageModel::max_seq_len`], a Transformer's `block_size`) never saw:
     /// it reads only the last `max_seq_len` tokens. 0 when everything fits.
     pub prompt_cropped: usize,
-    /// The generated ids, `max_tokens` of them.
+    /// The generated ids: `max_tokens` of them, fewer when one of
+    /// [`SamplingOptions::stop_ids`] ended generation (that id is the last).
     pub ids: Vec<i64>,
     /// Prompt and continuation as text ([`perplex_data::Tokenizer::detokenize`]).
     pub text: String,
@@ -201,6 +202,34 @@ impl LoadedModel {
             weights,
             hf_dir: Some(dir.to_path_buf()),
         })
+    }
+
+    /// The end-of-text ids of a pretrained model (a transformers directory, or a run started
+    /// from one): `eos_token_id` of its `generation_config.json`, else of its `config.json` (one
+    /// id or a list). Empty for a model trained from scratch, or a directory that names none.
+    pub fn eos_ids(&self) -> Vec<i64> {
+        let Some(dir) = self
+            .hf_dir
+            .clone()
+            .or_else(|| self.config.model.init_from().map(Path::to_path_buf))
+        else {
+            return Vec::new();
+        };
+        for file in ["generation_config.json", "config.json"] {
+            let Some(json) = std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            else {
+                continue;
+            };
+            let ids: Vec<i64> = match json.get("eos_token_id") {
+                Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_i64()).collect(),
+                _ => continue,
+            };
+            return ids;
+        }
+        Vec::new()
     }
 
     /// The NLL of every token of `ids` (int64 `[n]`) but the first, by the sliding-window
@@ -637,7 +666,7 @@ impl LoadedModel {
         for i in 0..options.max_tokens {
             let next = sampler.next(&logits)?;
             out.push(next);
-            if i + 1 == options.max_tokens {
+            if i + 1 == options.max_tokens || options.stop_ids.contains(&next) {
                 break;
             }
             let input = Tensor::from_slice(&[next])

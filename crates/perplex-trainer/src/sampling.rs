@@ -28,6 +28,9 @@ pub struct SamplingOptions {
     pub seed: i64,
     /// Vocabulary ids that are never generated (their logits are set to `-inf`). Default none.
     pub banned_ids: Vec<i64>,
+    /// Ids that end generation once sampled (kept in the output), as transformers' `generate`
+    /// stops at `eos_token_id`: [`crate::LoadedModel::eos_ids`]. Default none.
+    pub stop_ids: Vec<i64>,
 }
 
 impl Default for SamplingOptions {
@@ -39,6 +42,7 @@ impl Default for SamplingOptions {
             top_p: 1.0,
             seed: 0,
             banned_ids: Vec::new(),
+            stop_ids: Vec::new(),
         }
     }
 }
