@@ -167,7 +167,7 @@ pub enum Precision {
     /// float32, then widened), their gradients, the optimiser state, the hidden state, the
     /// activations and the loss. For checks that need more digits than float32 has (gradient
     /// checks, data-parallel equivalence to 1e-6); about half `f32`'s speed on a 2-core CPU
-    /// (README, "Float64"). Checkpoints and `model.safetensors` hold float64 tensors.
+    /// (docs/training.md, "Float64"). Checkpoints and `model.safetensors` hold float64 tensors.
     F64,
 }
 

@@ -10,7 +10,7 @@
 //! [`HostAllocator::Retain`] raises glibc's mmap and trim thresholds to their maximum
 //! (`mallopt(M_MMAP_THRESHOLD)`, `mallopt(M_TRIM_THRESHOLD)`, glibc `malloc(3)`), so freed
 //! buffers stay in the heap and the next step reuses them: 16 steps took 230,000 faults instead
-//! of 1.6 M, and tokens/s rose by about a fifth (README, Performance). The price is a higher peak
+//! of 1.6 M, and tokens/s rose by about a fifth (docs/performance.md). The price is a higher peak
 //! resident set (freed memory is kept, and the heap can fragment). The setting is process-wide
 //! and applies to allocations made after it, from the main thread's heap: glibc serves other
 //! threads from arenas of 64 MiB heaps, where larger buffers are always fresh mappings, so
