@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::model::check_input;
+use crate::transformer::{LayerCache, Linear};
 use crate::{
     BuildContext, Decoder, HiddenState, LanguageModel, ModelConfig, ModelError, ModelOutput,
     OutputHead,
@@ -275,30 +276,6 @@ impl ModelConfig for LlamaLmConfig {
     }
 }
 
-/// `torch.nn.Linear` without its module.
-#[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn new(path: nn::Path, inputs: i64, outputs: i64, std: f64, bias: bool) -> Self {
-        let init = nn::Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        };
-        Self {
-            weight: path.var("weight", &[outputs, inputs], init),
-            bias: bias.then(|| path.var("bias", &[outputs], nn::Init::Const(0.0))),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor, tch::TchError> {
-        x.f_linear(&self.weight, self.bias.as_ref())
-    }
-}
-
 /// transformers' `LlamaRMSNorm`: `weight * (x / sqrt(mean(x²) + eps))`, the mean of squares
 /// in float32 (or the input's dtype when wider) whatever the input's dtype, cast back before
 /// the weight.
@@ -326,27 +303,6 @@ impl RmsNorm {
         let variance = wide.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, None)?;
         let normed = wide.f_mul(&variance.f_add_scalar(self.eps)?.f_rsqrt()?)?;
         self.weight.f_mul(&normed.f_to_kind(kind)?)
-    }
-}
-
-/// The keys and values one layer has seen, `[batch, kv_heads, positions, head_dim]`.
-#[derive(Debug, Default)]
-struct LayerCache {
-    keys_values: Option<(Tensor, Tensor)>,
-}
-
-impl LayerCache {
-    fn extend(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor, i64), tch::TchError> {
-        let (k, v, past) = match &self.keys_values {
-            None => (k, v, 0),
-            Some((pk, pv)) => (
-                Tensor::f_cat(&[pk, &k], 2)?,
-                Tensor::f_cat(&[pv, &v], 2)?,
-                pk.size()[2],
-            ),
-        };
-        self.keys_values = Some((k.shallow_clone(), v.shallow_clone()));
-        Ok((k, v, past))
     }
 }
 
@@ -420,8 +376,9 @@ impl Layer {
         let k = heads(self.k_proj.forward(&h)?, self.kv_heads)?;
         let v = heads(self.v_proj.forward(&h)?, self.kv_heads)?;
         let (cos, sin) = rotary;
-        let q = rotate(&q, cos, sin)?;
-        let k = rotate(&k, cos, sin)?;
+        // transformers' `apply_rotary_pos_emb` (rotate_half pairing).
+        let q = crate::rotary::apply(&q, cos, sin)?;
+        let k = crate::rotary::apply(&k, cos, sin)?;
         let (k, v, past) = match cache {
             None => (k, v, 0),
             Some(cache) => cache.extend(k, v)?,
@@ -439,15 +396,6 @@ impl Layer {
             .f_mul(&self.up_proj.forward(&h)?)?;
         x.f_add(&self.down_proj.forward(&gated)?)
     }
-}
-
-/// `x · cos + rotate_half(x) · sin` (transformers' `apply_rotary_pos_emb`), `x`
-/// `[batch, heads, len, head_dim]`, tables `[len, head_dim]` in `x`'s dtype.
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, tch::TchError> {
-    let half = x.size().last().copied().unwrap_or(0) / 2;
-    let halves = x.f_split(half, -1)?;
-    let rotated = Tensor::f_cat(&[&halves[1].f_neg()?, &halves[0]], -1)?;
-    x.f_mul(cos)?.f_add(&rotated.f_mul(sin)?)
 }
 
 /// A Llama-family decoder-only language model:
@@ -468,7 +416,8 @@ pub struct LlamaLm {
     norm: RmsNorm,
     lm_head: Tensor,
     vocab_size: i64,
-    inv_freq: Vec<f64>,
+    /// [`LlamaLmConfig::inv_freq`], float64 `[head_dim / 2]` on the model's device, made once.
+    inv_freq: Tensor,
     config: LlamaLmConfig,
 }
 
@@ -509,7 +458,7 @@ impl LlamaLm {
             norm,
             lm_head,
             vocab_size,
-            inv_freq: config.inv_freq(),
+            inv_freq: Tensor::f_from_slice(&config.inv_freq())?.f_to_device(path.device())?,
             config: config.clone(),
         })
     }
@@ -522,9 +471,7 @@ impl LlamaLm {
         } else {
             Kind::Float
         };
-        let inv_freq = Tensor::f_from_slice(&self.inv_freq)?
-            .f_to_kind(wide)?
-            .f_to_device(device)?;
+        let inv_freq = self.inv_freq.f_to_device(device)?.f_to_kind(wide)?;
         let positions = Tensor::f_arange_start(start, start + len, (wide, device))?;
         let angles = positions.f_outer(&inv_freq)?;
         let angles = Tensor::f_cat(&[&angles, &angles], -1)?;

@@ -37,11 +37,17 @@ pub(crate) fn tables(
 /// Rotates `x` (`[batch, heads, len, head_dim]`) by the tables of [`tables`] (`[len, head_dim]`):
 /// `x · cos + rotate_half(x) · sin`, in `x`'s dtype.
 pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, tch::TchError> {
+    apply(x, &cos.f_to_kind(x.kind())?, &sin.f_to_kind(x.kind())?)
+}
+
+/// `x · cos + rotate_half(x) · sin` with the tables as given (transformers'
+/// `apply_rotary_pos_emb`: a Llama's float32 tables promote bf16 queries and keys to float32
+/// under autocast, as there).
+pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, tch::TchError> {
     let half = x.size().last().copied().unwrap_or(0) / 2;
     let halves = x.f_split(half, -1)?;
     let rotated = Tensor::f_cat(&[&halves[1].f_neg()?, &halves[0]], -1)?;
-    let (cos, sin) = (cos.f_to_kind(x.kind())?, sin.f_to_kind(x.kind())?);
-    x.f_mul(&cos)?.f_add(&rotated.f_mul(&sin)?)
+    x.f_mul(cos)?.f_add(&rotated.f_mul(sin)?)
 }
 
 #[cfg(test)]

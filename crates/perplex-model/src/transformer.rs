@@ -184,14 +184,14 @@ const LAYER_NORM_EPS: f64 = 1e-5;
 
 /// `torch.nn.Linear` without its module: `y = x W^T + b`.
 #[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
 }
 
 impl Linear {
     /// `weight` `N(0, std)`, `bias` zero (GPT-2).
-    fn new(path: nn::Path, inputs: i64, outputs: i64, std: f64, bias: bool) -> Self {
+    pub(crate) fn new(path: nn::Path, inputs: i64, outputs: i64, std: f64, bias: bool) -> Self {
         let init = nn::Init::Randn {
             mean: 0.0,
             stdev: std,
@@ -202,7 +202,7 @@ impl Linear {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor, tch::TchError> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, tch::TchError> {
         x.f_linear(&self.weight, self.bias.as_ref())
     }
 }
@@ -238,14 +238,18 @@ impl LayerNorm {
 
 /// The keys and values one layer has seen, `[batch, heads, positions, head_dim]`.
 #[derive(Debug, Default)]
-struct LayerCache {
+pub(crate) struct LayerCache {
     keys_values: Option<(Tensor, Tensor)>,
 }
 
 impl LayerCache {
     /// Appends the keys and values of new positions; returns all of them and how many positions
     /// were cached before.
-    fn extend(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor, i64), tch::TchError> {
+    pub(crate) fn extend(
+        &mut self,
+        k: Tensor,
+        v: Tensor,
+    ) -> Result<(Tensor, Tensor, i64), tch::TchError> {
         let (k, v, past) = match &self.keys_values {
             None => (k, v, 0),
             Some((pk, pv)) => (

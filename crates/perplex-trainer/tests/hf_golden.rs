@@ -9,7 +9,7 @@
 //! training step gives the same loss, gradients and AdamW update; greedy decoding with the KV
 //! cache gives `generate(do_sample=False)`'s ids; an exported directory reloads in transformers
 //! with no missing or unexpected keys and the same logits and ids; import -> export -> import
-//! is the identity on every tensor. Traps of `../shared/pitfalls.md` part 2 (items 1-6) are
+//! is the identity on every tensor. Traps of the project's pitfalls list (part 2, items 1-6) are
 //! tests below.
 mod hf;
 
